@@ -1,0 +1,195 @@
+//! Certificates as certherd sees them: PEM in, the few facts the plan,
+//! the report and the verifier need out (serial, SHA-256, validity, names,
+//! key type). Parsing is done by x509-parser.
+
+use std::fmt;
+
+use rustls_pki_types::CertificateDer;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::time::ASN1Time;
+use x509_parser::x509::SubjectPublicKeyInfo;
+
+use crate::config::KeyType;
+
+/// Facts about one certificate (the leaf, usually).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Serial number, lower-case hex without leading zeros stripped.
+    pub serial: String,
+    /// Lower-case hex SHA-256 of the DER encoding.
+    pub sha256: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    /// DNS names from the subjectAltName extension, lower-cased, in order.
+    pub domains: Vec<String>,
+    /// The subject public key's type, when it is one certherd issues.
+    pub key_type: Option<KeyType>,
+}
+
+impl CertInfo {
+    pub fn lifetime(&self) -> ::time::Duration {
+        self.not_after - self.not_before
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("no PEM certificate found")]
+    NoCertificate,
+    #[error("malformed PEM: {0}")]
+    Pem(String),
+    #[error("malformed certificate: {0}")]
+    Der(String),
+}
+
+/// Every `CERTIFICATE` block of a PEM text, in order.
+pub fn pem_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let blocks = ::pem::parse_many(pem).map_err(|e| CertError::Pem(e.to_string()))?;
+    let certs: Vec<_> = blocks
+        .into_iter()
+        .filter(|b| b.tag() == "CERTIFICATE")
+        .map(|b| CertificateDer::from(b.into_contents()))
+        .collect();
+    if certs.is_empty() {
+        return Err(CertError::NoCertificate);
+    }
+    Ok(certs)
+}
+
+pub fn der_to_pem(der: &[u8]) -> String {
+    ::pem::encode_config(
+        &::pem::Pem::new("CERTIFICATE", der.to_vec()),
+        ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF),
+    )
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Parse one DER certificate into the facts certherd uses.
+pub fn info(der: &[u8]) -> Result<CertInfo, CertError> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertError::Der(e.to_string()))?;
+    let tbs = &cert.tbs_certificate;
+    let mut domains = Vec::new();
+    if let Ok(Some(san)) = tbs.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::DNSName(d) = name {
+                domains.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    let not_before = asn1_time(tbs.validity.not_before)?;
+    let not_after = asn1_time(tbs.validity.not_after)?;
+    Ok(CertInfo {
+        serial: hex::encode(tbs.raw_serial()),
+        sha256: sha256_hex(der),
+        not_before,
+        not_after,
+        domains,
+        key_type: key_type(tbs.public_key()),
+    })
+}
+
+fn asn1_time(t: ASN1Time) -> Result<OffsetDateTime, CertError> {
+    OffsetDateTime::from_unix_timestamp(t.timestamp())
+        .map_err(|e| CertError::Der(format!("validity out of range: {e}")))
+}
+
+fn key_type(spki: &SubjectPublicKeyInfo<'_>) -> Option<KeyType> {
+    match spki.parsed().ok()? {
+        x509_parser::public_key::PublicKey::EC(point) => match point.key_size() {
+            256 => Some(KeyType::EcdsaP256),
+            384 => Some(KeyType::EcdsaP384),
+            _ => None,
+        },
+        x509_parser::public_key::PublicKey::RSA(rsa) => match rsa.key_size() {
+            2048 => Some(KeyType::Rsa2048),
+            3072 => Some(KeyType::Rsa3072),
+            4096 => Some(KeyType::Rsa4096),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// RFC 3339 with a `Z`, seconds precision: how times appear in output.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    let t = t.to_offset(::time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// A PEM private key. Its `Debug` prints nothing of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyPem(String);
+
+impl KeyPem {
+    pub fn new(pem: String) -> Self {
+        KeyPem(pem)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for KeyPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyPem(<redacted>)")
+    }
+}
+
+/// A certificate with its key: what is stored, deployed and verified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bundle {
+    pub key: KeyPem,
+    /// The leaf alone, PEM.
+    pub leaf_pem: String,
+    /// The intermediates (issuer first), PEM; may be empty.
+    pub chain_pem: String,
+    pub info: CertInfo,
+}
+
+impl Bundle {
+    /// Build from the key and the PEM chain a CA returned (leaf first).
+    pub fn from_chain(key: KeyPem, chain: &str) -> Result<Bundle, CertError> {
+        let certs = pem_certificates(chain)?;
+        let info = info(&certs[0])?;
+        let leaf_pem = der_to_pem(&certs[0]);
+        let chain_pem = certs[1..].iter().map(|c| der_to_pem(c)).collect();
+        Ok(Bundle {
+            key,
+            leaf_pem,
+            chain_pem,
+            info,
+        })
+    }
+
+    pub fn fullchain_pem(&self) -> String {
+        format!("{}{}", self.leaf_pem, self.chain_pem)
+    }
+
+    /// Key then full chain: the single-file form HAProxy and others read.
+    pub fn combined_pem(&self) -> String {
+        let key = self.key.expose();
+        let sep = if key.ends_with('\n') { "" } else { "\n" };
+        format!("{key}{sep}{}", self.fullchain_pem())
+    }
+
+    /// DER of the intermediates, issuer first.
+    pub fn chain_der(&self) -> Vec<CertificateDer<'static>> {
+        if self.chain_pem.trim().is_empty() {
+            return Vec::new();
+        }
+        pem_certificates(&self.chain_pem).unwrap_or_default()
+    }
+}

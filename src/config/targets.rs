@@ -1,0 +1,327 @@
+//! A certificate's `targets:` list: where the certificate goes (`file`,
+//! `exec`), what reloads the service, and how the result is verified.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::values;
+use super::yaml::{self, peek, Map, Node, Value};
+use super::{
+    CommandSpec, Diag, ExecTarget, FileSet, FileTarget, TargetConfig, TargetKind, VerifyConfig,
+};
+
+const FILE_KEYS: &[&str] = &[
+    "name",
+    "type",
+    "cert",
+    "chain",
+    "fullchain",
+    "key",
+    "combined",
+    "mode",
+    "owner",
+    "group",
+    "reload",
+    "reload_timeout",
+    "verify",
+];
+const EXEC_KEYS: &[&str] = &[
+    "name",
+    "type",
+    "command",
+    "timeout",
+    "reload",
+    "reload_timeout",
+    "verify",
+];
+const SUPPORTED_TYPES: &[&str] = &["file", "exec"];
+/// Target types the interface describes that this version does not deploy to.
+const LATER_TYPES: &[&str] = &["ssh", "haproxy", "webhook"];
+const VERIFY_KEYS: &[&str] = &["connect", "server_name", "timeout"];
+const FILE_SLOTS: [&str; 5] = ["cert", "chain", "fullchain", "key", "combined"];
+
+const DEFAULT_MODE: u32 = 0o600;
+const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The targets of certificate `cert`, whose valid domains are `domains`.
+pub(super) fn targets(
+    cert: &str,
+    node: &Node,
+    domains: &[String],
+    base: &Path,
+    d: &mut Diag,
+) -> Vec<TargetConfig> {
+    let Some(items) = yaml::list(node, "`targets`", d) else {
+        return Vec::new();
+    };
+    let mut seen: Vec<(String, yaml::Pos)> = Vec::new();
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let name = match &item.value {
+            Value::Map(_) => target_name(cert, item, &mut seen, d),
+            _ => None,
+        };
+        let what = match &name {
+            Some(n) => format!("target \"{n}\""),
+            None => format!("target #{} of certificate \"{cert}\"", i + 1),
+        };
+        if let Some(t) = target(item, &what, name, domains, base, d) {
+            out.push(t);
+        }
+    }
+    out
+}
+
+/// The target's `name`, checked and unique within the certificate.
+fn target_name(
+    cert: &str,
+    item: &Node,
+    seen: &mut Vec<(String, yaml::Pos)>,
+    d: &mut Diag,
+) -> Option<String> {
+    let node = peek(item, "name").filter(|n| !n.is_null())?;
+    let name = yaml::nonempty_string(node, "`name`", d)?;
+    if !values::is_valid_name(&name) {
+        d.at(node.pos, values::invalid_name("target", &name));
+        return None;
+    }
+    if let Some((_, first)) = seen.iter().find(|(n, _)| *n == name) {
+        d.at(
+            node.pos,
+            format!(
+                "target name \"{name}\" is used twice in certificate \"{cert}\" (first at {first})"
+            ),
+        );
+        return None;
+    }
+    seen.push((name.clone(), node.pos));
+    Some(name)
+}
+
+fn target(
+    node: &Node,
+    what: &str,
+    name: Option<String>,
+    domains: &[String],
+    base: &Path,
+    d: &mut Diag,
+) -> Option<TargetConfig> {
+    if !matches!(node.value, Value::Map(_)) {
+        d.at(
+            node.pos,
+            format!("{what} must be a mapping, not {}", node.describe()),
+        );
+        return None;
+    }
+    if peek(node, "name").is_none_or(Node::is_null) {
+        d.at(node.pos, format!("missing key `name` in {what}"));
+    }
+    let Some(ty_node) = peek(node, "type").filter(|n| !n.is_null()) else {
+        d.at(node.pos, format!("missing key `type` in {what}"));
+        return None;
+    };
+    let ty = ty_node.scalar().unwrap_or_default();
+    let keys = match ty {
+        "file" => FILE_KEYS,
+        "exec" => EXEC_KEYS,
+        _ if LATER_TYPES.contains(&ty) => {
+            d.at(
+                ty_node.pos,
+                format!("target type `{ty}` is not supported by this version of certherd yet"),
+            );
+            return None;
+        }
+        _ => {
+            d.at(
+                ty_node.pos,
+                format!(
+                    "`type` must be one of: {}, not {}",
+                    SUPPORTED_TYPES.join(", "),
+                    ty_node.describe()
+                ),
+            );
+            return None;
+        }
+    };
+    let m = Map::open(node, what, keys, &[], d)?;
+
+    let kind = if ty == "file" {
+        file_target(&m, base, d).map(TargetKind::File)
+    } else {
+        exec_target(&m, base, d).map(TargetKind::Exec)
+    };
+    let reload_timeout = m
+        .get("reload_timeout")
+        .and_then(|n| values::duration(n, "`reload_timeout`", true, d));
+    let reload = m
+        .get("reload")
+        .and_then(|n| values::argv(n, "`reload`", base, d));
+    if let (None, Some((key, v))) = (m.get("reload"), m.entry("reload_timeout")) {
+        if !v.is_null() {
+            d.at(key.pos, "`reload_timeout` has no effect without `reload`");
+        }
+    }
+    let verify = m.get("verify").and_then(|n| verify(n, what, domains, d));
+
+    Some(TargetConfig {
+        name: name?,
+        kind: kind?,
+        reload: reload.map(|argv| CommandSpec {
+            argv,
+            timeout: reload_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT),
+        }),
+        verify,
+    })
+}
+
+fn file_target(m: &Map<'_>, base: &Path, d: &mut Diag) -> Option<FileTarget> {
+    let mut files = FileSet::default();
+    let mut written: Vec<(PathBuf, &str)> = Vec::new();
+    for slot in FILE_SLOTS {
+        let Some(n) = m.get(slot) else { continue };
+        let Some(p) = values::path(n, &format!("`{slot}`"), base, d) else {
+            continue;
+        };
+        if let Some((_, other)) = written.iter().find(|(q, _)| *q == p) {
+            d.at(
+                n.pos,
+                format!("`{slot}` and `{other}` name the same file {}", p.display()),
+            );
+        }
+        written.push((p.clone(), slot));
+        let field = match slot {
+            "cert" => &mut files.cert,
+            "chain" => &mut files.chain,
+            "fullchain" => &mut files.fullchain,
+            "key" => &mut files.key,
+            _ => &mut files.combined,
+        };
+        *field = Some(p);
+    }
+    let any_given = FILE_SLOTS.iter().any(|s| m.get(s).is_some());
+    if !any_given {
+        d.at(
+            m.pos(),
+            format!(
+                "{} writes no file: set at least one of {}",
+                m.what,
+                FILE_SLOTS.join(", ")
+            ),
+        );
+    }
+    let mode = match m.get("mode") {
+        Some(n) => values::mode(n, d),
+        None => Some(DEFAULT_MODE),
+    };
+    let owner = m
+        .get("owner")
+        .and_then(|n| yaml::nonempty_string(n, "`owner`", d));
+    let group = m
+        .get("group")
+        .and_then(|n| yaml::nonempty_string(n, "`group`", d));
+    if !any_given || written.len() != FILE_SLOTS.iter().filter(|s| m.get(s).is_some()).count() {
+        return None;
+    }
+    Some(FileTarget {
+        files,
+        mode: mode?,
+        owner,
+        group,
+    })
+}
+
+fn exec_target(m: &Map<'_>, base: &Path, d: &mut Diag) -> Option<ExecTarget> {
+    let argv = m
+        .require("command", d)
+        .and_then(|n| values::argv(n, "`command`", base, d));
+    let timeout = match m.get("timeout") {
+        Some(n) => values::duration(n, "`timeout`", true, d),
+        None => Some(DEFAULT_COMMAND_TIMEOUT),
+    };
+    Some(ExecTarget {
+        command: CommandSpec {
+            argv: argv?,
+            timeout: timeout?,
+        },
+    })
+}
+
+fn verify(node: &Node, target: &str, domains: &[String], d: &mut Diag) -> Option<VerifyConfig> {
+    let m = Map::open(node, format!("`verify` of {target}"), VERIFY_KEYS, &[], d)?;
+    let connect = m.require("connect", d).and_then(|n| {
+        let s = yaml::string(n, "`connect`", d)?;
+        if values::is_host_port(&s) {
+            Some(s)
+        } else {
+            d.at(
+                n.pos,
+                format!(
+                    "`connect` must be host:port, like 127.0.0.1:443 or [::1]:443, not {}",
+                    n.describe()
+                ),
+            );
+            None
+        }
+    });
+    let server_name = match m.get("server_name") {
+        Some(n) => server_name(n, domains, d),
+        None => match domains.iter().find(|x| !x.starts_with("*.")) {
+            Some(first) => Some(first.clone()),
+            None => {
+                if !domains.is_empty() {
+                    d.at(
+                        m.pos(),
+                        format!(
+                            "{} needs `server_name`: every domain of the certificate is a wildcard",
+                            m.what
+                        ),
+                    );
+                }
+                None
+            }
+        },
+    };
+    let timeout = match m.get("timeout") {
+        Some(n) => values::duration(n, "`timeout`", true, d),
+        None => Some(DEFAULT_VERIFY_TIMEOUT),
+    };
+    Some(VerifyConfig {
+        connect: connect?,
+        server_name: server_name?,
+        timeout: timeout?,
+    })
+}
+
+/// The SNI to send: a plain domain name the certificate covers.
+fn server_name(node: &Node, domains: &[String], d: &mut Diag) -> Option<String> {
+    let raw = yaml::string(node, "`server_name`", d)?;
+    let name = match values::domain(&raw) {
+        Ok(n) if !n.starts_with("*.") => n,
+        Ok(_) => {
+            d.at(
+                node.pos,
+                format!("`server_name` must be a name a client asks for, not the wildcard {raw:?}"),
+            );
+            return None;
+        }
+        Err(why) => {
+            d.at(
+                node.pos,
+                format!("{raw:?} is not a valid domain name: {why}"),
+            );
+            return None;
+        }
+    };
+    if !domains.is_empty() && !domains.iter().any(|dom| values::covers(dom, &name)) {
+        d.at(
+            node.pos,
+            format!(
+                "`server_name` {name:?} is not covered by the certificate's domains ({})",
+                domains.join(", ")
+            ),
+        );
+        return None;
+    }
+    Some(name)
+}

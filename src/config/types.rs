@@ -1,0 +1,272 @@
+//! The typed configuration: what the rest of certherd sees after the YAML has
+//! been parsed and validated. Durations are parsed, paths are absolute
+//! (resolved against the configuration file's folder), secrets are read,
+//! references between sections are resolved.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A fully validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this configuration was read from.
+    pub source: PathBuf,
+    pub state_dir: PathBuf,
+    pub acme: AcmeConfig,
+    /// Top-level `renewal:` defaults (already merged into each certificate).
+    pub renewal: RenewalPolicy,
+    pub challenges: BTreeMap<String, Solver>,
+    /// Certificates in the order of the file.
+    pub certificates: Vec<CertificateConfig>,
+}
+
+impl Config {
+    pub fn certificate(&self, name: &str) -> Option<&CertificateConfig> {
+        self.certificates.iter().find(|c| c.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    /// Resolved directory URL (aliases expanded).
+    pub directory: String,
+    /// Resolved dry-run directory URL.
+    pub dry_run_directory: String,
+    /// `mailto:` URIs (a bare address in the file gets the prefix).
+    pub contact: Vec<String>,
+    /// Extra PEM roots (absolute paths, readable, at least one certificate each).
+    pub trust_roots: Vec<PathBuf>,
+    pub eab: Option<Eab>,
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Eab {
+    pub key_id: String,
+    /// The base64url-encoded HMAC key, as the CA hands it out.
+    pub hmac_key: Secret,
+}
+
+/// A secret value read from `{ env: NAME }` or `{ file: PATH }`.
+/// Its `Debug` and `Display` never print the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    value: String,
+    /// Where it came from, e.g. `env EAB_HMAC_KEY` or `file /etc/certherd/x`.
+    origin: String,
+}
+
+impl Secret {
+    pub fn new(value: String, origin: String) -> Self {
+        Secret { value, origin }
+    }
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({}, <redacted>)", self.origin)
+    }
+}
+
+/// When a certificate is due relative to its expiry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Threshold {
+    /// Renew when less than this remains.
+    Remaining(Duration),
+    /// Renew when less than this share (0 < share < 1) of the lifetime remains.
+    Share(f64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenewalPolicy {
+    pub before_expiry: Threshold,
+    pub ari: bool,
+    pub check_interval: Duration,
+    pub jitter: Duration,
+}
+
+impl Default for RenewalPolicy {
+    fn default() -> Self {
+        RenewalPolicy {
+            before_expiry: Threshold::Share(0.33),
+            ari: true,
+            check_interval: Duration::from_secs(6 * 3600),
+            jitter: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// A named challenge solver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Solver {
+    /// http-01 through the built-in responder listening on this address.
+    Http01Listen { listen: String },
+    /// http-01 by writing files under `<webroot>/.well-known/acme-challenge/`.
+    Http01Webroot { webroot: PathBuf },
+}
+
+impl Solver {
+    pub fn challenge_type(&self) -> &'static str {
+        match self {
+            Solver::Http01Listen { .. } | Solver::Http01Webroot { .. } => "http-01",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyType {
+    EcdsaP256,
+    EcdsaP384,
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
+}
+
+impl KeyType {
+    pub const ALL: [KeyType; 5] = [
+        KeyType::EcdsaP256,
+        KeyType::EcdsaP384,
+        KeyType::Rsa2048,
+        KeyType::Rsa3072,
+        KeyType::Rsa4096,
+    ];
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::EcdsaP256 => "ecdsa-p256",
+            KeyType::EcdsaP384 => "ecdsa-p384",
+            KeyType::Rsa2048 => "rsa-2048",
+            KeyType::Rsa3072 => "rsa-3072",
+            KeyType::Rsa4096 => "rsa-4096",
+        }
+    }
+    pub fn parse(s: &str) -> Option<KeyType> {
+        KeyType::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for KeyType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which solver answers the challenges of which domain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChallengeChoice {
+    /// One solver for every domain.
+    All(String),
+    /// Domain pattern → solver name, first match wins. A pattern is an exact
+    /// domain (`example.com`, `*.example.com`) or `*` for "every other".
+    ByPattern(Vec<(String, String)>),
+}
+
+impl ChallengeChoice {
+    /// The solver name for a domain of the certificate, if any pattern matches.
+    pub fn solver_for(&self, domain: &str) -> Option<&str> {
+        match self {
+            ChallengeChoice::All(s) => Some(s),
+            ChallengeChoice::ByPattern(list) => list
+                .iter()
+                .find(|(p, _)| p == domain)
+                .or_else(|| list.iter().find(|(p, _)| p == "*"))
+                .map(|(_, s)| s.as_str()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateConfig {
+    pub name: String,
+    /// Lower-cased, in configuration order, no duplicates.
+    pub domains: Vec<String>,
+    pub key: KeyType,
+    pub reuse_key: bool,
+    pub challenge: ChallengeChoice,
+    /// Top-level defaults merged with the per-certificate override.
+    pub renewal: RenewalPolicy,
+    pub targets: Vec<TargetConfig>,
+}
+
+impl CertificateConfig {
+    /// The first non-wildcard domain (the default SNI), else the first domain.
+    pub fn primary_domain(&self) -> &str {
+        self.domains
+            .iter()
+            .find(|d| !d.starts_with("*."))
+            .unwrap_or(&self.domains[0])
+    }
+}
+
+/// An argv to run (never through a shell), with its timeout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandSpec {
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetConfig {
+    pub name: String,
+    pub kind: TargetKind,
+    pub reload: Option<CommandSpec>,
+    pub verify: Option<VerifyConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetKind {
+    File(FileTarget),
+    Exec(ExecTarget),
+}
+
+impl TargetKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            TargetKind::File(_) => "file",
+            TargetKind::Exec(_) => "exec",
+        }
+    }
+}
+
+/// Which files a `file` target writes. At least one path is set.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FileSet {
+    pub cert: Option<PathBuf>,
+    pub chain: Option<PathBuf>,
+    pub fullchain: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub combined: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileTarget {
+    pub files: FileSet,
+    /// Mode of files that hold the private key (`key`, `combined`).
+    /// Files without key material are written 0644.
+    pub mode: u32,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecTarget {
+    pub command: CommandSpec,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyConfig {
+    /// `host:port` to connect to.
+    pub connect: String,
+    /// SNI and the name the served certificate is checked against.
+    pub server_name: String,
+    /// Keep retrying the handshake until this much time has passed.
+    pub timeout: Duration,
+}

@@ -1,0 +1,572 @@
+//! The walk from the YAML tree to a typed [`Config`]: one function per
+//! section, each reporting every problem it finds and carrying on with a
+//! placeholder, so that one run reports all errors. Cross-references
+//! (certificate → challenge solver, wildcard → challenge type) are checked
+//! once the sections they point into have been read.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use super::targets;
+use super::values;
+use super::yaml::{self, named_entries, peek, Map, Node, Value};
+use super::{
+    AcmeConfig, CertificateConfig, ChallengeChoice, Config, Diag, Eab, KeyType, RenewalPolicy,
+    Solver, Threshold,
+};
+
+const TOP_KEYS: &[&str] = &["state_dir", "acme", "renewal", "challenges", "certificates"];
+const TOP_LATER: &[&str] = &["metrics", "notify"];
+const ACME_KEYS: &[&str] = &[
+    "directory",
+    "dry_run_directory",
+    "contact",
+    "trust_roots",
+    "eab",
+    "profile",
+];
+const RENEWAL_KEYS: &[&str] = &["before_expiry", "ari", "check_interval", "jitter"];
+const HTTP01_KEYS: &[&str] = &["type", "listen", "webroot"];
+const CHALLENGE_TYPES: &[&str] = &["http-01", "dns-01", "tls-alpn-01"];
+const CERT_KEYS: &[&str] = &[
+    "domains",
+    "key",
+    "reuse_key",
+    "challenge",
+    "renewal",
+    "targets",
+];
+const CERT_LATER: &[&str] = &["rollout"];
+const DEFAULT_STATE_DIR: &str = "/var/lib/certherd";
+
+/// What the rest of the walk needs to know about the solvers defined under
+/// `challenges`, including those that are invalid or not supported (so that
+/// a certificate naming them gets no second, misleading error).
+struct Solvers {
+    /// `None` when `challenges` itself is missing or not a mapping: then
+    /// references cannot be checked.
+    types: Option<HashMap<String, Option<&'static str>>>,
+    valid: BTreeMap<String, Solver>,
+}
+
+impl Solvers {
+    /// Whether a solver is defined: `None` when that cannot be known.
+    fn defined(&self, name: &str) -> Option<bool> {
+        self.types.as_ref().map(|t| t.contains_key(name))
+    }
+    /// The challenge type of a defined solver, when it is known.
+    fn challenge_type(&self, name: &str) -> Option<&'static str> {
+        self.types.as_ref()?.get(name).copied().flatten()
+    }
+}
+
+pub(super) fn config(
+    root: &Node,
+    source: &Path,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    d: &mut Diag,
+) -> Option<Config> {
+    if root.is_null() {
+        d.at(root.pos, "the configuration file is empty");
+        return None;
+    }
+    let top = Map::open(root, "the configuration", TOP_KEYS, TOP_LATER, d)?;
+
+    let state_dir = top
+        .get("state_dir")
+        .and_then(|n| values::path(n, "`state_dir`", base, d))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    let acme = top.require("acme", d).and_then(|n| acme(n, base, env, d));
+    let renewal = match top.get("renewal") {
+        Some(n) => renewal(n, "`renewal`", &RenewalPolicy::default(), d),
+        None => RenewalPolicy::default(),
+    };
+    let solvers = match top.require("challenges", d) {
+        Some(n) => solvers(n, base, d),
+        None => Solvers {
+            types: None,
+            valid: BTreeMap::new(),
+        },
+    };
+    let certificates = match top.require("certificates", d) {
+        Some(n) => certificates(n, &renewal, &solvers, base, d),
+        None => Vec::new(),
+    };
+
+    Some(Config {
+        source: source.to_path_buf(),
+        state_dir,
+        acme: acme?,
+        renewal,
+        challenges: solvers.valid,
+        certificates,
+    })
+}
+
+fn acme(
+    node: &Node,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    d: &mut Diag,
+) -> Option<AcmeConfig> {
+    let m = Map::open(node, "`acme`", ACME_KEYS, &[], d)?;
+    let directory = m
+        .require("directory", d)
+        .and_then(|n| values::directory(n, "`directory`", d));
+    let dry_run_directory = m
+        .get("dry_run_directory")
+        .and_then(|n| values::directory(n, "`dry_run_directory`", d));
+    let contact = match m.get("contact") {
+        Some(n) => yaml::string_list(n, "`contact`", d)
+            .into_iter()
+            .filter_map(|(s, item)| values::contact(item, &s, d))
+            .collect(),
+        None => Vec::new(),
+    };
+    let trust_roots = match m.get("trust_roots") {
+        Some(n) => yaml::list(n, "`trust_roots`", d)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|item| values::trust_root(item, base, d))
+            .collect(),
+        None => Vec::new(),
+    };
+    let eab = m.get("eab").and_then(|n| {
+        let e = Map::open(n, "`eab`", &["key_id", "hmac_key"], &[], d)?;
+        let key_id = e
+            .require("key_id", d)
+            .and_then(|n| yaml::nonempty_string(n, "`key_id`", d));
+        let hmac_key = e
+            .require("hmac_key", d)
+            .and_then(|n| values::secret(n, "hmac_key", base, env, d));
+        Some(Eab {
+            key_id: key_id?,
+            hmac_key: hmac_key?,
+        })
+    });
+    let profile = m
+        .get("profile")
+        .and_then(|n| yaml::nonempty_string(n, "`profile`", d));
+
+    let directory = directory?;
+    let dry_run_directory = dry_run_directory.unwrap_or_else(|| {
+        values::staging_twin(&directory)
+            .map(str::to_string)
+            .unwrap_or_else(|| directory.clone())
+    });
+    Some(AcmeConfig {
+        directory,
+        dry_run_directory,
+        contact,
+        trust_roots,
+        eab,
+        profile,
+    })
+}
+
+/// A `renewal:` mapping over `defaults` (the built-in defaults for the
+/// top-level section, the top-level section for a certificate's override).
+fn renewal(node: &Node, what: &str, defaults: &RenewalPolicy, d: &mut Diag) -> RenewalPolicy {
+    let mut policy = defaults.clone();
+    let Some(m) = Map::open(node, what, RENEWAL_KEYS, &[], d) else {
+        return policy;
+    };
+    if let Some(t) = m.get("before_expiry").and_then(|n| threshold(n, d)) {
+        policy.before_expiry = t;
+    }
+    if let Some(b) = m.get("ari").and_then(|n| yaml::boolean(n, "`ari`", d)) {
+        policy.ari = b;
+    }
+    if let Some(v) = m
+        .get("check_interval")
+        .and_then(|n| values::duration(n, "`check_interval`", true, d))
+    {
+        policy.check_interval = v;
+    }
+    if let Some(v) = m
+        .get("jitter")
+        .and_then(|n| values::duration(n, "`jitter`", false, d))
+    {
+        policy.jitter = v;
+    }
+    policy
+}
+
+/// `before_expiry`: a duration, or a whole percentage of the lifetime.
+fn threshold(node: &Node, d: &mut Diag) -> Option<Threshold> {
+    let parsed = node.scalar().and_then(|s| match s.strip_suffix('%') {
+        Some(p) => p
+            .parse::<u8>()
+            .ok()
+            .filter(|n| (1..=99).contains(n) && p.bytes().all(|b| b.is_ascii_digit()))
+            .map(|p| Threshold::Share(f64::from(p) / 100.0)),
+        None => super::parse_duration(s)
+            .ok()
+            .filter(|v| !v.is_zero())
+            .map(Threshold::Remaining),
+    });
+    if parsed.is_none() {
+        d.at(
+            node.pos,
+            format!(
+                "`before_expiry` must be a duration like 30d or a share of the lifetime \
+                 from 1% to 99%, not {}",
+                node.describe()
+            ),
+        );
+    }
+    parsed
+}
+
+fn solvers(node: &Node, base: &Path, d: &mut Diag) -> Solvers {
+    let mut types = HashMap::new();
+    let mut valid = BTreeMap::new();
+    if !matches!(node.value, Value::Map(_)) {
+        d.at(
+            node.pos,
+            format!("`challenges` must be a mapping, not {}", node.describe()),
+        );
+        return Solvers { types: None, valid };
+    }
+    for (name, _, body) in named_entries(node, "`challenges`", "challenge", d) {
+        let (ty, solver) = solver(name, body, base, d);
+        types.insert(name.to_string(), ty);
+        if let Some(s) = solver {
+            valid.insert(name.to_string(), s);
+        }
+    }
+    Solvers {
+        types: Some(types),
+        valid,
+    }
+}
+
+/// One named solver: its challenge type when known, and the solver when valid.
+fn solver(
+    name: &str,
+    node: &Node,
+    base: &Path,
+    d: &mut Diag,
+) -> (Option<&'static str>, Option<Solver>) {
+    let what = format!("challenge \"{name}\"");
+    let Some(ty_node) = peek(node, "type") else {
+        // Not a mapping, or no `type`: say so, and leave the other keys,
+        // whose meaning depends on the type, alone.
+        if matches!(node.value, Value::Map(_)) {
+            d.at(node.pos, format!("missing key `type` in {what}"));
+        } else {
+            d.at(
+                node.pos,
+                format!("{what} must be a mapping, not {}", node.describe()),
+            );
+        }
+        return (None, None);
+    };
+    let ty = match ty_node.scalar() {
+        Some(t) => CHALLENGE_TYPES.iter().copied().find(|c| *c == t),
+        None => None,
+    };
+    match ty {
+        Some("http-01") => {}
+        Some(other) => {
+            d.at(
+                ty_node.pos,
+                format!(
+                    "challenge type `{other}` is not supported by this version of certherd yet"
+                ),
+            );
+            return (Some(other), None);
+        }
+        None => {
+            d.at(
+                ty_node.pos,
+                format!(
+                    "`type` must be one of: {}, not {}",
+                    CHALLENGE_TYPES.join(", "),
+                    ty_node.describe()
+                ),
+            );
+            return (None, None);
+        }
+    }
+    let ty = Some("http-01");
+    let Some(m) = Map::open(node, &what, HTTP01_KEYS, &[], d) else {
+        return (ty, None);
+    };
+    let solver = match (m.get("listen"), m.get("webroot")) {
+        (Some(n), None) => {
+            let listen = yaml::string(n, "`listen`", d).filter(|s| {
+                let ok = values::is_listen_addr(s);
+                if !ok {
+                    d.at(
+                        n.pos,
+                        format!(
+                            "`listen` must be an IP address and port, like \"[::]:80\" or \
+                             \"127.0.0.1:5002\", not {}",
+                            n.describe()
+                        ),
+                    );
+                }
+                ok
+            });
+            listen.map(|listen| Solver::Http01Listen { listen })
+        }
+        (None, Some(n)) => {
+            values::path(n, "`webroot`", base, d).map(|webroot| Solver::Http01Webroot { webroot })
+        }
+        (Some(_), Some(_)) => {
+            d.at(
+                m.pos(),
+                format!(
+                    "{what} sets both `listen` and `webroot`: an http-01 solver uses one of them"
+                ),
+            );
+            None
+        }
+        (None, None) => {
+            d.at(
+                m.pos(),
+                format!(
+                    "{what} needs `listen` (the built-in responder's address) or `webroot` \
+                     (a folder the web server serves)"
+                ),
+            );
+            None
+        }
+    };
+    (ty, solver)
+}
+
+fn certificates(
+    node: &Node,
+    renewal_defaults: &RenewalPolicy,
+    solvers: &Solvers,
+    base: &Path,
+    d: &mut Diag,
+) -> Vec<CertificateConfig> {
+    let entries = named_entries(node, "`certificates`", "certificate", d);
+    if entries.is_empty() && matches!(node.value, Value::Map(_)) {
+        d.at(
+            node.pos,
+            "`certificates` is empty: define at least one certificate",
+        );
+    }
+    entries
+        .into_iter()
+        .filter_map(|(name, key, body)| {
+            if !values::is_valid_name(name) {
+                d.at(key.pos, values::invalid_name("certificate", name));
+            }
+            certificate(name, body, renewal_defaults, solvers, base, d)
+        })
+        .collect()
+}
+
+fn certificate(
+    name: &str,
+    node: &Node,
+    renewal_defaults: &RenewalPolicy,
+    solvers: &Solvers,
+    base: &Path,
+    d: &mut Diag,
+) -> Option<CertificateConfig> {
+    let m = Map::open(
+        node,
+        format!("certificate \"{name}\""),
+        CERT_KEYS,
+        CERT_LATER,
+        d,
+    )?;
+
+    let domains = m
+        .require("domains", d)
+        .map(|n| domains(name, n, d))
+        .unwrap_or_default();
+    let key = m
+        .get("key")
+        .and_then(|n| {
+            let s = yaml::string(n, "`key`", d)?;
+            let k = KeyType::parse(&s);
+            if k.is_none() {
+                let all: Vec<&str> = KeyType::ALL.iter().map(|k| k.as_str()).collect();
+                d.at(
+                    n.pos,
+                    format!(
+                        "`key` must be one of: {}, not {}",
+                        all.join(", "),
+                        n.describe()
+                    ),
+                );
+            }
+            k
+        })
+        .unwrap_or(KeyType::EcdsaP256);
+    let reuse_key = m
+        .get("reuse_key")
+        .and_then(|n| yaml::boolean(n, "`reuse_key`", d))
+        .unwrap_or(false);
+    let challenge = m
+        .require("challenge", d)
+        .and_then(|n| challenge(name, n, &domains, solvers, d));
+    let renewal = match m.get("renewal") {
+        Some(n) => renewal(
+            n,
+            &format!("`renewal` of certificate \"{name}\""),
+            renewal_defaults,
+            d,
+        ),
+        None => renewal_defaults.clone(),
+    };
+    let valid_domains: Vec<String> = domains.iter().filter_map(|(_, v)| v.clone()).collect();
+    let targets = match m.get("targets") {
+        Some(n) => targets::targets(name, n, &valid_domains, base, d),
+        None => Vec::new(),
+    };
+
+    Some(CertificateConfig {
+        name: name.to_string(),
+        domains: valid_domains,
+        key,
+        reuse_key,
+        challenge: challenge?,
+        renewal,
+        targets,
+    })
+}
+
+/// The domains as written (lower-cased), each with its node and, when it
+/// is valid and not a repeat, its accepted form.
+type Domains<'a> = Vec<(&'a Node, Option<String>)>;
+
+fn domains<'a>(cert: &str, node: &'a Node, d: &mut Diag) -> Domains<'a> {
+    let items = yaml::string_list(node, "`domains`", d);
+    if items.is_empty() && matches!(node.value, Value::Seq(_)) {
+        d.at(
+            node.pos,
+            format!("`domains` is empty: certificate \"{cert}\" needs at least one domain"),
+        );
+    }
+    let mut seen: Vec<String> = Vec::new();
+    items
+        .into_iter()
+        .map(|(raw, item)| match values::domain(&raw) {
+            Err(why) => {
+                d.at(
+                    item.pos,
+                    format!("{raw:?} is not a valid domain name: {why}"),
+                );
+                (item, None)
+            }
+            Ok(domain) if seen.contains(&domain) => {
+                d.at(
+                    item.pos,
+                    format!("{domain:?} is listed twice in certificate \"{cert}\""),
+                );
+                (item, None)
+            }
+            Ok(domain) => {
+                seen.push(domain.clone());
+                (item, Some(domain))
+            }
+        })
+        .collect()
+}
+
+/// `challenge:` — a solver name, or a mapping from domain pattern to solver
+/// name — checked against the solvers and the certificate's domains.
+fn challenge(
+    cert: &str,
+    node: &Node,
+    domains: &Domains<'_>,
+    solvers: &Solvers,
+    d: &mut Diag,
+) -> Option<ChallengeChoice> {
+    let mut ok = true;
+    let choice = match &node.value {
+        Value::Scalar { .. } => {
+            let solver = yaml::string(node, "`challenge`", d)?;
+            ok &= solver_defined(cert, node, &solver, solvers, d);
+            ChallengeChoice::All(solver)
+        }
+        Value::Map(_) => {
+            let mut list = Vec::new();
+            for (pattern, key, value) in named_entries(node, "`challenge`", "pattern", d) {
+                let pattern = pattern.to_ascii_lowercase();
+                let written = domains
+                    .iter()
+                    .any(|(n, _)| n.scalar().is_some_and(|s| s.eq_ignore_ascii_case(&pattern)));
+                if pattern != "*" && !written {
+                    ok = false;
+                    d.at(
+                        key.pos,
+                        format!(
+                            "pattern {pattern:?} in `challenge` is not a domain of certificate \
+                             \"{cert}\" (use one of its domains, or \"*\" for the rest)"
+                        ),
+                    );
+                }
+                let Some(solver) = yaml::string(value, "each solver in `challenge`", d) else {
+                    ok = false;
+                    continue;
+                };
+                ok &= solver_defined(cert, value, &solver, solvers, d);
+                list.push((pattern, solver));
+            }
+            ChallengeChoice::ByPattern(list)
+        }
+        Value::Seq(_) => {
+            d.at(
+                node.pos,
+                "`challenge` must be a solver's name or a mapping from domain to solver name, not a list",
+            );
+            return None;
+        }
+    };
+
+    // Every domain needs a solver that can prove it.
+    for (item, domain) in domains {
+        let Some(domain) = domain else { continue };
+        match choice.solver_for(domain) {
+            None => {
+                ok = false;
+                d.at(
+                    item.pos,
+                    format!(
+                        "domain {domain:?} of certificate \"{cert}\" has no challenge solver: \
+                         name it in `challenge` or add a \"*\" entry"
+                    ),
+                );
+            }
+            Some(solver) => {
+                let ty = solvers.challenge_type(solver);
+                if domain.starts_with("*.") && ty.is_some_and(|t| t != "dns-01") {
+                    ok = false;
+                    d.at(
+                        item.pos,
+                        format!(
+                            "{domain:?} is a wildcard and needs a dns-01 solver, but challenge \
+                             \"{solver}\" is {}",
+                            ty.unwrap_or_default()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    ok.then_some(choice)
+}
+
+/// Whether the solver a certificate names exists (or cannot be checked).
+fn solver_defined(cert: &str, node: &Node, solver: &str, solvers: &Solvers, d: &mut Diag) -> bool {
+    if solvers.defined(solver) == Some(false) {
+        d.at(
+            node.pos,
+            format!(
+                "certificate \"{cert}\" uses challenge \"{solver}\", which is not defined under `challenges`"
+            ),
+        );
+        return false;
+    }
+    true
+}

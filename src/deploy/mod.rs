@@ -1,0 +1,148 @@
+//! Targets: the places a certificate is pushed to. Every target type
+//! deploys a [`Bundle`], can say whether it already holds one, and can
+//! preflight itself (for `--dry-run`); reload and verification work the
+//! same way for every type.
+
+pub mod exec;
+pub mod file;
+
+use std::path::PathBuf;
+
+use crate::cert::Bundle;
+use crate::config::{TargetConfig, TargetKind};
+use crate::process::{self, CommandOutcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} {name:?} does not exist on this system")]
+    UnknownOwner { what: &'static str, name: String },
+    #[error("{0}")]
+    Spawn(#[from] process::SpawnError),
+    #[error("{0}")]
+    Command(String),
+    #[error("{0}")]
+    Preflight(String),
+}
+
+/// What the target's command reported, when it has one (exec targets).
+#[derive(Debug, Clone, Default)]
+pub struct Deployed {
+    pub command: Option<CommandOutcome>,
+}
+
+/// Where a certificate's files are, for targets that are handed paths.
+#[derive(Debug, Clone)]
+pub struct BundleFiles {
+    pub dir: PathBuf,
+}
+
+impl BundleFiles {
+    pub fn key(&self) -> PathBuf {
+        self.dir.join(crate::store::KEY_FILE)
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join(crate::store::LEAF_FILE)
+    }
+    pub fn chain(&self) -> PathBuf {
+        self.dir.join(crate::store::CHAIN_FILE)
+    }
+    pub fn fullchain(&self) -> PathBuf {
+        self.dir.join(crate::store::FULLCHAIN_FILE)
+    }
+}
+
+/// Push `bundle` to the target. Changes nothing when it fails early; a
+/// `file` target's files change together.
+pub async fn deploy(
+    cert_name: &str,
+    target: &TargetConfig,
+    bundle: &Bundle,
+    files: &BundleFiles,
+) -> Result<Deployed, DeployError> {
+    match &target.kind {
+        TargetKind::File(f) => {
+            let f = f.clone();
+            let b = bundle.clone();
+            tokio::task::spawn_blocking(move || file::write(&f, &b))
+                .await
+                .expect("file writer panicked")?;
+            Ok(Deployed::default())
+        }
+        TargetKind::Exec(e) => exec::run(cert_name, target, e, bundle, files).await,
+    }
+}
+
+/// Whether the target already holds `bundle` as far as can be seen locally
+/// (`None`: cannot tell, e.g. an exec target).
+pub fn holds(target: &TargetConfig, bundle: &Bundle) -> Option<bool> {
+    match &target.kind {
+        TargetKind::File(f) => Some(file::holds(f, bundle)),
+        TargetKind::Exec(_) => None,
+    }
+}
+
+/// Run the target's reload command, if it has one.
+pub async fn reload(target: &TargetConfig) -> Result<Option<CommandOutcome>, DeployError> {
+    let Some(cmd) = &target.reload else {
+        return Ok(None);
+    };
+    let outcome = process::run(&cmd.argv, &[], cmd.timeout).await?;
+    if outcome.success() {
+        Ok(Some(outcome))
+    } else {
+        Err(DeployError::Command(format!(
+            "reload {}",
+            outcome.summary()
+        )))
+    }
+}
+
+/// Prove a deployment could work without changing anything: paths
+/// writable, owners known, programs present and executable, verify
+/// endpoints reachable.
+pub async fn preflight(target: &TargetConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    match &target.kind {
+        TargetKind::File(f) => problems.extend(file::preflight(f)),
+        TargetKind::Exec(e) => {
+            if process::find_program(&e.command.argv[0]).is_none() {
+                problems.push(format!(
+                    "command {:?} is not an executable file",
+                    e.command.argv[0]
+                ));
+            }
+        }
+    }
+    if let Some(r) = &target.reload {
+        if process::find_program(&r.argv[0]).is_none() {
+            problems.push(format!(
+                "reload command {:?} is not an executable file",
+                r.argv[0]
+            ));
+        }
+    }
+    if let Some(v) = &target.verify {
+        let connect = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::net::TcpStream::connect(v.connect.as_str()),
+        )
+        .await;
+        match connect {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                problems.push(format!("verify endpoint {} is unreachable: {e}", v.connect))
+            }
+            Err(_) => problems.push(format!(
+                "verify endpoint {} did not answer within 5s",
+                v.connect
+            )),
+        }
+    }
+    problems
+}

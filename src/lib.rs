@@ -1,0 +1,12 @@
+//! certherd: an ACME renewal and distribution agent.
+
+pub mod acme;
+pub mod cert;
+pub mod config;
+pub mod deploy;
+pub mod pipeline;
+pub mod plan;
+pub mod process;
+pub mod report;
+pub mod store;
+pub mod verify;

@@ -1,0 +1,174 @@
+//! The `certherd` command: parse the command line, set up logging, run one
+//! command, map its report to the exit code. Everything else is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use certherd::pipeline::{self, RenewOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "certherd",
+    version,
+    about = "Renew certificates through ACME, deploy them everywhere, prove it by handshake"
+)]
+struct Cli {
+    /// Configuration file [default: $CERTHERD_CONFIG, else /etc/certherd/certherd.yaml]
+    #[arg(short, long, global = true)]
+    config: Option<PathBuf>,
+    /// Log format on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// More log output (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Only errors in the log
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration; print nothing but errors
+    Check,
+    /// One pass: renew what is due, deploy, verify
+    Renew {
+        /// Change nothing; rehearse the order against the dry-run directory and preflight every target
+        #[arg(long)]
+        dry_run: bool,
+        /// Treat every selected certificate as due
+        #[arg(long)]
+        force: bool,
+        /// Only this certificate (repeatable)
+        #[arg(long = "cert", value_name = "NAME")]
+        certs: Vec<String>,
+    },
+    /// Push the current certificate to targets and verify (no ACME)
+    Deploy {
+        #[arg(long = "cert", value_name = "NAME")]
+        certs: Vec<String>,
+        #[arg(long = "target", value_name = "NAME")]
+        targets: Vec<String>,
+    },
+    /// Handshake every target, compare with the current certificate
+    Verify {
+        #[arg(long = "cert", value_name = "NAME")]
+        certs: Vec<String>,
+    },
+    /// Certificates, expiry, renewal time, per-target state
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// No network I/O
+        #[arg(long)]
+        offline: bool,
+    },
+    /// The always-on agent (systemd service)
+    Run,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let path = cli
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("CERTHERD_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/etc/certherd/certherd.yaml"));
+    let config = match certherd::config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprint!("{errors}");
+            if !errors.to_string().ends_with('\n') {
+                eprintln!();
+            }
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::Check = cli.command {
+        return ExitCode::SUCCESS;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move {
+        let outcome = match cli.command {
+            Command::Check => unreachable!("handled above"),
+            Command::Renew { dry_run, force, certs } => {
+                pipeline::renew(&config, &RenewOptions { dry_run, force, certs }).await.map(Done::Report)
+            }
+            Command::Deploy { certs, targets } => pipeline::deploy_cmd(&config, &certs, &targets).await.map(Done::Report),
+            Command::Verify { certs } => pipeline::verify_cmd(&config, &certs).await.map(Done::Report),
+            Command::Status { json, offline } => pipeline::status(&config, offline).await.map(|s| Done::Status(s, json)),
+            Command::Run => {
+                eprintln!("certherd: `run` (the always-on agent) is not available in this version yet; use `renew` from a systemd timer");
+                return ExitCode::from(2);
+            }
+        };
+        match outcome {
+            Ok(Done::Report(report)) => {
+                print!("{}", report.human());
+                if report.ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Ok(Done::Status(status, json)) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+                } else {
+                    print!("{}", status.human(time::OffsetDateTime::now_utc()));
+                }
+                if status.ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("certherd: {}", anyhow::Error::from(e).chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+enum Done {
+    Report(certherd::report::Report),
+    Status(certherd::report::Status, bool),
+}
+
+fn init_logging(cli: &Cli) {
+    use std::io::IsTerminal;
+    let level = if cli.quiet {
+        "error"
+    } else {
+        match cli.verbose {
+            0 => "info",
+            1 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CERTHERD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("certherd={level},warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,637 @@
+//! One pass of certherd, top to bottom:
+//!
+//! ```text
+//! plan ─▶ issue (every due certificate, concurrently) ─▶ store ─▶ deploy ─▶ verify ─▶ report
+//! ```
+//!
+//! A failed order stores nothing and deploys nothing new: the previous
+//! certificate stays in place in the store and on every target. One
+//! target failing is a result in the report, never an early return.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{self, StreamExt};
+use time::OffsetDateTime;
+
+use crate::acme::{self, http::AcmeHttp, solver::Solvers, IssueError, OrderRequest};
+use crate::cert::{rfc3339, Bundle};
+use crate::config::{CertificateConfig, Config, TargetConfig};
+use crate::deploy::{self, BundleFiles};
+use crate::plan::{self, CertPlan};
+use crate::report::{
+    CertReport, CertStatus, Issuance, Report, Status, TargetAction, TargetReport, TargetStatus,
+};
+use crate::store::{Store, StoreError, TargetRecord};
+use crate::verify::{self, Verdict};
+
+/// How long a writer waits for another certherd to release the state directory.
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// Orders worked at once.
+const ORDER_CONCURRENCY: usize = 32;
+/// Targets deployed at once within a certificate.
+const TARGET_CONCURRENCY: usize = 8;
+/// The quick look `renew` takes at a target it does not need to change.
+const QUICK_VERIFY: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("--cert {0:?}: no certificate of that name in the configuration")]
+    UnknownCert(String),
+    #[error("--target {0:?}: no target of that name in the selected certificates")]
+    UnknownTarget(String),
+    #[error("{0}")]
+    Tls(#[from] acme::http::TlsSetupError),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RenewOptions {
+    pub dry_run: bool,
+    pub force: bool,
+    pub certs: Vec<String>,
+}
+
+fn select<'c>(
+    config: &'c Config,
+    names: &[String],
+) -> Result<Vec<&'c CertificateConfig>, RunError> {
+    if names.is_empty() {
+        return Ok(config.certificates.iter().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            config
+                .certificate(n)
+                .ok_or_else(|| RunError::UnknownCert(n.clone()))
+        })
+        .collect()
+}
+
+/// `renew`: plan, issue what is due, store, deploy, verify.
+pub async fn renew(config: &Config, opts: &RenewOptions) -> Result<Report, RunError> {
+    let selected = select(config, &opts.certs)?;
+    if opts.dry_run {
+        return rehearse(config, &selected, opts.force).await;
+    }
+    let store = Store::open(&config.state_dir, &config.acme.directory, LOCK_WAIT)?;
+    let now = OffsetDateTime::now_utc();
+
+    let mut currents = Vec::new();
+    let mut plans = Vec::new();
+    for cert in &selected {
+        let current = store.current(&cert.name)?;
+        plans.push(plan::plan_certificate(
+            cert,
+            current.as_ref().map(|b| &b.info),
+            now,
+            opts.force,
+        ));
+        currents.push(current);
+    }
+    for p in &plans {
+        match &p.due {
+            Some(why) => tracing::info!(certificate = %p.name, reason = %why, "due"),
+            None => {
+                tracing::info!(certificate = %p.name, renew_at = %p.renew_at.map(rfc3339).unwrap_or_default(), "not due")
+            }
+        }
+    }
+
+    let due: Vec<(usize, OrderRequest)> = selected
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| plans[*i].due.is_some())
+        .map(|(i, cert)| (i, order_request(config, cert, currents[i].as_ref())))
+        .collect();
+    let issued = issue_all(config, &config.acme.directory, Some(&store), &due).await?;
+
+    let mut reports = Vec::new();
+    for (i, cert) in selected.iter().enumerate() {
+        let (issuance, renewed) = match issued.iter().find(|(j, _)| *j == i) {
+            None => (Issuance::NotDue, false),
+            Some((_, Err(e))) => {
+                tracing::error!(certificate = %cert.name, error = %e, "renewal failed; the previous certificate stays in place");
+                (
+                    Issuance::Failed {
+                        error: e.to_string(),
+                    },
+                    false,
+                )
+            }
+            Some((_, Ok(bundle))) => {
+                store.install(&cert.name, bundle, OffsetDateTime::now_utc())?;
+                tracing::info!(certificate = %cert.name, serial = %bundle.info.serial, not_after = %rfc3339(bundle.info.not_after), "renewed and stored");
+                currents[i] = Some(bundle.clone());
+                (
+                    Issuance::Renewed {
+                        serial: bundle.info.serial.clone(),
+                        sha256: bundle.info.sha256.clone(),
+                        not_after: rfc3339(bundle.info.not_after),
+                    },
+                    true,
+                )
+            }
+        };
+        let targets = deploy_certificate(
+            &store,
+            cert,
+            currents[i].as_ref(),
+            DeployMode::Renew {
+                renewed,
+                force: opts.force,
+            },
+            &[],
+        )
+        .await?;
+        reports.push(CertReport {
+            name: cert.name.clone(),
+            domains: cert.domains.clone(),
+            due: plans[i].due.as_ref().map(|d| d.to_string()),
+            issuance,
+            targets,
+        });
+    }
+    Ok(Report {
+        dry_run: false,
+        certificates: reports,
+    })
+}
+
+fn order_request<'c>(
+    config: &'c Config,
+    cert: &'c CertificateConfig,
+    current: Option<&Bundle>,
+) -> OrderRequest<'c> {
+    let reuse_key = match current {
+        Some(b) if cert.reuse_key && b.info.key_type == Some(cert.key) => Some(b.key.clone()),
+        _ => None,
+    };
+    OrderRequest {
+        cert,
+        solvers: &config.challenges,
+        profile: config.acme.profile.as_deref(),
+        reuse_key,
+    }
+}
+
+/// Issue every requested certificate against `directory`: one account,
+/// every order created first, then all worked concurrently. The account is
+/// saved to `store` when one is given (a dry run keeps it in memory).
+async fn issue_all(
+    config: &Config,
+    directory: &str,
+    store: Option<&Store>,
+    due: &[(usize, OrderRequest<'_>)],
+) -> Result<Vec<(usize, Result<Bundle, IssueError>)>, RunError> {
+    if due.is_empty() {
+        return Ok(Vec::new());
+    }
+    let http = AcmeHttp::new(&config.acme.trust_roots, acme::http::RetryPolicy::default())?;
+    let readonly;
+    let account_store = match store {
+        Some(s) => s,
+        None => {
+            readonly = Store::open_readonly(&config.state_dir, directory);
+            &readonly
+        }
+    };
+    let stored = account_store.account()?;
+    let account = match acme::account(&config.acme, directory, stored.as_deref(), &http).await {
+        Ok((account, new_creds)) => {
+            if let (Some(s), Some(json)) = (store, new_creds) {
+                s.save_account(&json)?;
+                tracing::info!(directory, "ACME account created and stored");
+            }
+            account
+        }
+        Err(e) => {
+            // Every due certificate fails with the account's error.
+            let cause = match e {
+                IssueError::Account { cause, .. } => cause,
+                other => other.to_string(),
+            };
+            return Ok(due
+                .iter()
+                .map(|(i, _)| {
+                    let e = IssueError::Account {
+                        directory: directory.to_string(),
+                        cause: cause.clone(),
+                    };
+                    (*i, Err(e))
+                })
+                .collect());
+        }
+    };
+    let solvers = Solvers::new();
+    // Phase one: create every order. Phase two: work them all.
+    let orders: Vec<_> = stream::iter(due.iter())
+        .map(|(i, req)| {
+            let account = &account;
+            async move { (*i, req, acme::new_order(account, req).await) }
+        })
+        .buffered(ORDER_CONCURRENCY)
+        .collect()
+        .await;
+    let results = stream::iter(orders)
+        .map(|(i, req, order)| {
+            let (account, solvers) = (&account, &solvers);
+            async move {
+                let result = match order {
+                    Ok(mut order) => acme::complete_order(account, &mut order, req, solvers).await,
+                    Err(e) => Err(e),
+                };
+                (i, result)
+            }
+        })
+        .buffer_unordered(ORDER_CONCURRENCY)
+        .collect()
+        .await;
+    Ok(results)
+}
+
+/// `renew --dry-run`: the plan, a full order for every selected certificate
+/// against the dry-run directory (result discarded), and every target's
+/// preflight. Writes nothing anywhere.
+async fn rehearse(
+    config: &Config,
+    selected: &[&CertificateConfig],
+    force: bool,
+) -> Result<Report, RunError> {
+    let store = Store::open_readonly(&config.state_dir, &config.acme.directory);
+    let now = OffsetDateTime::now_utc();
+    let directory = &config.acme.dry_run_directory;
+    let mut plans: Vec<CertPlan> = Vec::new();
+    let mut due = Vec::new();
+    for (i, cert) in selected.iter().enumerate() {
+        let current = store.current(&cert.name)?;
+        plans.push(plan::plan_certificate(
+            cert,
+            current.as_ref().map(|b| &b.info),
+            now,
+            force,
+        ));
+        due.push((i, order_request(config, cert, current.as_ref())));
+    }
+    let issued = issue_all(config, directory, None, &due).await?;
+
+    let mut reports = Vec::new();
+    for (i, cert) in selected.iter().enumerate() {
+        let issuance = match issued.iter().find(|(j, _)| *j == i) {
+            Some((_, Ok(b))) => Issuance::Rehearsed {
+                directory: directory.clone(),
+                serial: b.info.serial.clone(),
+            },
+            Some((_, Err(e))) => Issuance::Failed {
+                error: format!("test order against {directory}: {e}"),
+            },
+            None => unreachable!("every selected certificate is rehearsed"),
+        };
+        let mut targets = Vec::new();
+        for t in &cert.targets {
+            let problems = deploy::preflight(t).await;
+            targets.push(TargetReport {
+                name: t.name.clone(),
+                kind: t.kind.type_name(),
+                action: if problems.is_empty() {
+                    TargetAction::PreflightPassed
+                } else {
+                    TargetAction::PreflightFailed { problems }
+                },
+                command: None,
+                reload: None,
+                verdict: None,
+            });
+        }
+        reports.push(CertReport {
+            name: cert.name.clone(),
+            domains: cert.domains.clone(),
+            due: plans[i].due.as_ref().map(|d| d.to_string()),
+            issuance,
+            targets,
+        });
+    }
+    Ok(Report {
+        dry_run: true,
+        certificates: reports,
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum DeployMode {
+    /// `renew`: push where the target lacks the current certificate.
+    Renew { renewed: bool, force: bool },
+    /// `deploy`: push unconditionally.
+    Always,
+}
+
+/// Bring every target of `cert` to the current certificate and verify it.
+async fn deploy_certificate(
+    store: &Store,
+    cert: &CertificateConfig,
+    current: Option<&Bundle>,
+    mode: DeployMode,
+    only: &[String],
+) -> Result<Vec<TargetReport>, RunError> {
+    let targets: Vec<&TargetConfig> = cert
+        .targets
+        .iter()
+        .filter(|t| only.is_empty() || only.contains(&t.name))
+        .collect();
+    let Some(bundle) = current else {
+        return Ok(targets
+            .iter()
+            .map(|t| TargetReport {
+                name: t.name.clone(),
+                kind: t.kind.type_name(),
+                action: TargetAction::NothingToDeploy,
+                command: None,
+                reload: None,
+                verdict: None,
+            })
+            .collect());
+    };
+    let files = BundleFiles {
+        dir: store
+            .current_dir(&cert.name)?
+            .expect("a current certificate has a directory"),
+    };
+    let mut records = Vec::new();
+    for t in &targets {
+        records.push(store.target_record(&cert.name, &t.name)?);
+    }
+    let bundle = Arc::new(bundle.clone());
+    let reports: Vec<(TargetReport, Option<TargetRecord>)> =
+        stream::iter(targets.iter().zip(records))
+            .map(|(t, record)| {
+                let (bundle, files) = (bundle.clone(), files.clone());
+                async move { one_target(&cert.name, t, &bundle, &files, record, mode).await }
+            })
+            .buffered(TARGET_CONCURRENCY)
+            .collect()
+            .await;
+    let mut out = Vec::new();
+    for (report, record) in reports {
+        if let Some(record) = record {
+            store.save_target_record(&cert.name, &report.name, &record)?;
+        }
+        out.push(report);
+    }
+    Ok(out)
+}
+
+async fn one_target(
+    cert_name: &str,
+    t: &TargetConfig,
+    bundle: &Bundle,
+    files: &BundleFiles,
+    previous: Option<TargetRecord>,
+    mode: DeployMode,
+) -> (TargetReport, Option<TargetRecord>) {
+    let mut report = TargetReport {
+        name: t.name.clone(),
+        kind: t.kind.type_name(),
+        action: TargetAction::Checked,
+        command: None,
+        reload: None,
+        verdict: None,
+    };
+    let push = match mode {
+        DeployMode::Always => true,
+        DeployMode::Renew { renewed, force } => {
+            let recorded = previous.as_ref().is_some_and(|r| {
+                r.last_error.is_none() && r.deployed_sha256.as_deref() == Some(&bundle.info.sha256)
+            });
+            let lacks = match deploy::holds(t, bundle) {
+                Some(holds) => !holds || !recorded,
+                None => !recorded,
+            };
+            let mut push = renewed || force || lacks;
+            if !push {
+                report.action = TargetAction::Unchanged;
+                // It should serve the certificate already; if it does not, push again.
+                if let Some(v) = &t.verify {
+                    let verdict = verify::verify_within(v, bundle, QUICK_VERIFY).await;
+                    if verdict.is_current() {
+                        report.verdict = Some(verdict);
+                        return (report, None);
+                    }
+                    tracing::warn!(certificate = cert_name, target = %t.name, problem = %verdict.problem().unwrap_or_default(), "target does not serve the current certificate; deploying again");
+                    push = true;
+                } else {
+                    return (report, None);
+                }
+            }
+            push
+        }
+    };
+    let mut record = None;
+    if push {
+        match push_and_reload(cert_name, t, bundle, files, &mut report).await {
+            Ok(()) => {
+                tracing::info!(certificate = cert_name, target = %t.name, sha256 = %bundle.info.sha256, "deployed");
+                report.action = TargetAction::Deployed;
+                record = Some(TargetRecord {
+                    deployed_sha256: Some(bundle.info.sha256.clone()),
+                    deployed_at: Some(rfc3339(OffsetDateTime::now_utc())),
+                    last_error: None,
+                });
+            }
+            Err(error) => {
+                tracing::error!(certificate = cert_name, target = %t.name, %error, "deployment failed");
+                report.action = TargetAction::Failed {
+                    error: error.clone(),
+                };
+                let failed = TargetRecord {
+                    last_error: Some(error),
+                    ..previous.unwrap_or(TargetRecord {
+                        deployed_sha256: None,
+                        deployed_at: None,
+                        last_error: None,
+                    })
+                };
+                return (report, Some(failed));
+            }
+        }
+    }
+    if let Some(v) = &t.verify {
+        let verdict = verify::verify(v, bundle).await;
+        match &verdict {
+            Verdict::Current { .. } => {
+                tracing::info!(certificate = cert_name, target = %t.name, "verified: serves the current certificate")
+            }
+            other => {
+                tracing::error!(certificate = cert_name, target = %t.name, state = other.state(), problem = %other.problem().unwrap_or_default(), "verification failed")
+            }
+        }
+        report.verdict = Some(verdict);
+    }
+    (report, record)
+}
+
+async fn push_and_reload(
+    cert_name: &str,
+    t: &TargetConfig,
+    bundle: &Bundle,
+    files: &BundleFiles,
+    report: &mut TargetReport,
+) -> Result<(), String> {
+    let deployed = deploy::deploy(cert_name, t, bundle, files)
+        .await
+        .map_err(|e| e.to_string())?;
+    report.command = deployed.command;
+    match deploy::reload(t).await {
+        Ok(outcome) => {
+            report.reload = outcome;
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `deploy`: push the current certificate to the selected targets and verify.
+pub async fn deploy_cmd(
+    config: &Config,
+    certs: &[String],
+    targets: &[String],
+) -> Result<Report, RunError> {
+    let selected = select(config, certs)?;
+    for t in targets {
+        if !selected
+            .iter()
+            .any(|c| c.targets.iter().any(|x| &x.name == t))
+        {
+            return Err(RunError::UnknownTarget(t.clone()));
+        }
+    }
+    let store = Store::open(&config.state_dir, &config.acme.directory, LOCK_WAIT)?;
+    let mut reports = Vec::new();
+    for cert in selected {
+        let current = store.current(&cert.name)?;
+        let targets =
+            deploy_certificate(&store, cert, current.as_ref(), DeployMode::Always, targets).await?;
+        reports.push(CertReport {
+            name: cert.name.clone(),
+            domains: cert.domains.clone(),
+            due: None,
+            issuance: Issuance::NotAsked,
+            targets,
+        });
+    }
+    Ok(Report {
+        dry_run: false,
+        certificates: reports,
+    })
+}
+
+/// `verify`: handshake every target that has `verify`.
+pub async fn verify_cmd(config: &Config, certs: &[String]) -> Result<Report, RunError> {
+    let selected = select(config, certs)?;
+    let store = Store::open_readonly(&config.state_dir, &config.acme.directory);
+    let mut reports = Vec::new();
+    for cert in selected {
+        let current = store.current(&cert.name)?;
+        let mut targets = Vec::new();
+        for t in cert.targets.iter().filter(|t| t.verify.is_some()) {
+            let verdict = match &current {
+                Some(b) => Some(verify::verify(t.verify.as_ref().expect("filtered"), b).await),
+                None => None,
+            };
+            targets.push(TargetReport {
+                name: t.name.clone(),
+                kind: t.kind.type_name(),
+                action: if current.is_some() {
+                    TargetAction::Checked
+                } else {
+                    TargetAction::NothingToDeploy
+                },
+                command: None,
+                reload: None,
+                verdict,
+            });
+        }
+        reports.push(CertReport {
+            name: cert.name.clone(),
+            domains: cert.domains.clone(),
+            due: None,
+            issuance: Issuance::NotAsked,
+            targets,
+        });
+    }
+    Ok(Report {
+        dry_run: false,
+        certificates: reports,
+    })
+}
+
+/// How long `status` waits for one endpoint.
+const STATUS_VERIFY: Duration = Duration::from_secs(5);
+
+/// `status`: what is stored, when it is due, what each target has.
+/// `offline` does no network I/O.
+pub async fn status(config: &Config, offline: bool) -> Result<Status, RunError> {
+    let store = Store::open_readonly(&config.state_dir, &config.acme.directory);
+    let now = OffsetDateTime::now_utc();
+    let mut certs = Vec::new();
+    for cert in &config.certificates {
+        let current = store.current(&cert.name)?;
+        let p = plan::plan_certificate(cert, current.as_ref().map(|b| &b.info), now, false);
+        let mut targets = Vec::new();
+        for t in &cert.targets {
+            targets.push(target_status(t, current.as_ref(), offline).await);
+        }
+        let info = current.as_ref().map(|b| &b.info);
+        certs.push(CertStatus {
+            name: cert.name.clone(),
+            domains: cert.domains.clone(),
+            serial: info.map(|i| i.serial.clone()),
+            sha256: info.map(|i| i.sha256.clone()),
+            not_before: info.map(|i| rfc3339(i.not_before)),
+            not_after: info.map(|i| rfc3339(i.not_after)),
+            key_type: info.and_then(|i| i.key_type).map(|k| k.to_string()),
+            due: p.due.is_some(),
+            due_reason: p.due.map(|d| d.to_string()),
+            renew_at: p.renew_at.map(rfc3339),
+            targets,
+        });
+    }
+    Ok(Status {
+        certificates: certs,
+    })
+}
+
+async fn target_status(t: &TargetConfig, current: Option<&Bundle>, offline: bool) -> TargetStatus {
+    let mut s = TargetStatus {
+        name: t.name.clone(),
+        state: "unverified",
+        served_sha256: None,
+        chain_complete: None,
+        error: None,
+    };
+    let Some(bundle) = current else {
+        return s;
+    };
+    match (&t.verify, offline) {
+        (Some(v), false) => {
+            let verdict = verify::verify_within(v, bundle, STATUS_VERIFY).await;
+            s.state = verdict.state();
+            s.served_sha256 = verdict.served_sha256().map(str::to_string);
+            s.error = verdict.problem();
+            if let Verdict::Current { chain_complete, .. } = verdict {
+                s.chain_complete = Some(chain_complete);
+            }
+        }
+        _ => {
+            // Local files can be compared without the network.
+            if let Some(holds) = deploy::holds(t, bundle) {
+                s.state = if holds { "current" } else { "stale" };
+                if !holds {
+                    s.error = Some("its files do not hold the current certificate".into());
+                }
+            }
+        }
+    }
+    s
+}

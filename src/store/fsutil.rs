@@ -1,0 +1,117 @@
+//! Durable file writes: temp file in the same directory, fsync, rename,
+//! fsync the directory. A reader sees the old file or the new one, never a
+//! half-written one, and a crash leaves at worst a stray temp file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Prefix of temp files; anything starting with it is debris of an
+/// interrupted write and may be removed.
+pub const TEMP_PREFIX: &str = ".certherd-tmp-";
+
+/// Write `data` to `path` atomically with `mode` (applied from the first byte:
+/// the temp file is created with it, so key material is never readable by
+/// others, not even for a moment).
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    let tmp = temp_path(path)?;
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        // The umask may have removed bits from `mode`; set exactly what was asked.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    rename_durable(&tmp, path)
+}
+
+/// A temp file name next to `path`, unique in this process and across processes.
+pub fn temp_path(path: &Path) -> io::Result<PathBuf> {
+    let dir = parent(path)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let unique: u64 = rand::random();
+    Ok(dir.join(format!(
+        "{TEMP_PREFIX}{}-{unique:016x}",
+        name.to_string_lossy()
+    )))
+}
+
+/// Rename `from` over `to`, then fsync the directory so the rename survives a crash.
+pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
+    if let Err(e) = fs::rename(from, to) {
+        let _ = fs::remove_file(from);
+        return Err(e);
+    }
+    sync_dir(parent(to)?)
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Create `dir` and its missing parents with `mode` (existing ones are left as they are).
+pub fn create_dir_all_mode(dir: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().recursive(true).mode(mode).create(dir)
+}
+
+fn parent(path: &Path) -> io::Result<&Path> {
+    match path.parent() {
+        Some(p) if p.as_os_str().is_empty() => Ok(Path::new(".")),
+        Some(p) => Ok(p),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path has no parent directory",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn writes_with_exact_mode_and_replaces_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("key.pem");
+        write_atomic(&p, b"first", 0o600).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        write_atomic(&p, b"second", 0o640).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"second");
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o640);
+        // No temp debris remains.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("key.pem")]);
+    }
+
+    #[test]
+    fn failed_write_leaves_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cert.pem");
+        write_atomic(&p, b"old", 0o644).unwrap();
+        // A path whose parent does not exist fails before touching anything.
+        let bad = dir.path().join("missing").join("cert.pem");
+        assert_eq!(
+            write_atomic(&bad, b"new", 0o644).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        assert_eq!(fs::read(&p).unwrap(), b"old");
+    }
+}

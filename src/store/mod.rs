@@ -1,0 +1,556 @@
+//! The state directory: the ACME account, and per certificate the current
+//! key + leaf + chain and previous versions, plus what each target last
+//! received.
+//!
+//! # Contract
+//! - Everything lives under `<state_dir>/ca/<namespace>/`, where the
+//!   namespace is derived from the CA's directory URL: staging and
+//!   production never share an account or a certificate.
+//! - Every file is written atomically (temp file, fsync, rename, fsync the
+//!   directory). A certificate version is a directory written completely
+//!   before it becomes visible, and `current` is a symlink swapped by
+//!   rename, so a reader sees the old key + certificate pair or the new one,
+//!   never a mix.
+//! - Private keys and the account are created 0600, directories 0700.
+//! - Not found is `Ok(None)`, never an error; damage is an error naming the path.
+//! - One writer at a time: [`Store::open`] takes an exclusive `flock` on the
+//!   state directory itself (so a read-only open writes nothing, not even a
+//!   lock file). [`Store::open_readonly`] takes no lock and creates nothing.
+//! - Names become path components only through [`component`], which refuses
+//!   anything but `[A-Za-z0-9][A-Za-z0-9._-]*`.
+
+pub mod fsutil;
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::cert::{Bundle, CertError, KeyPem};
+use fsutil::{create_dir_all_mode, rename_durable, sync_dir, write_atomic};
+
+/// How many earlier versions of each certificate are kept for rollback.
+pub const KEEP_PREVIOUS: usize = 5;
+
+pub const KEY_FILE: &str = "privkey.pem";
+pub const LEAF_FILE: &str = "cert.pem";
+pub const CHAIN_FILE: &str = "chain.pem";
+pub const FULLCHAIN_FILE: &str = "fullchain.pem";
+const CURRENT: &str = "current";
+const VERSIONS: &str = "versions";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "state directory {path} is locked by another certherd process (waited {waited:?}); \
+         only one may write at a time"
+    )]
+    Locked { path: PathBuf, waited: Duration },
+    #[error("{path}: damaged certificate in the state directory: {source}")]
+    Damaged {
+        path: PathBuf,
+        #[source]
+        source: CertError,
+    },
+    #[error("{path}: damaged state record: {message}")]
+    Record { path: PathBuf, message: String },
+    #[error("{name:?} cannot be used as a file name in the state directory")]
+    BadName { name: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A name checked to be one safe path component.
+pub fn component(name: &str) -> Result<&str, StoreError> {
+    let mut chars = name.chars();
+    let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(name)
+    } else {
+        Err(StoreError::BadName {
+            name: name.to_string(),
+        })
+    }
+}
+
+/// The namespace directory name of a CA directory URL:
+/// `https://acme-v02.api.letsencrypt.org/directory` →
+/// `acme-v02.api.letsencrypt.org_directory`.
+pub fn namespace(directory_url: &str) -> String {
+    let rest = directory_url
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or(directory_url);
+    let mut out: String = rest
+        .trim_end_matches('/')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.starts_with('.') || out.is_empty() {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// What a target last received, kept so that `renew` retries targets that
+/// failed and skips none that never got the current certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetRecord {
+    /// SHA-256 of the leaf last deployed successfully.
+    pub deployed_sha256: Option<String>,
+    pub deployed_at: Option<String>,
+    /// The last attempt's error, if it failed.
+    pub last_error: Option<String>,
+}
+
+pub struct Store {
+    state_dir: PathBuf,
+    ns: PathBuf,
+    writable: bool,
+    _lock: Option<File>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("ns", &self.ns).finish()
+    }
+}
+
+impl Store {
+    /// Open for writing: create the directories (0700) and take the lock,
+    /// waiting up to `wait` for another certherd to finish.
+    pub fn open(
+        state_dir: &Path,
+        directory_url: &str,
+        wait: Duration,
+    ) -> Result<Store, StoreError> {
+        let ns = state_dir.join("ca").join(namespace(directory_url));
+        create_dir_all_mode(&ns, 0o700).map_err(io_err(state_dir))?;
+        let lock = File::open(state_dir).map_err(io_err(state_dir))?;
+        let start = Instant::now();
+        loop {
+            match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                    if start.elapsed() >= wait {
+                        return Err(StoreError::Locked {
+                            path: state_dir.to_path_buf(),
+                            waited: wait,
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(io_err(state_dir)(e.into())),
+            }
+        }
+        Ok(Store {
+            state_dir: state_dir.to_path_buf(),
+            ns,
+            writable: true,
+            _lock: Some(lock),
+        })
+    }
+
+    /// Open for reading only: creates nothing, locks nothing, writes nothing.
+    /// A missing state directory reads as empty.
+    pub fn open_readonly(state_dir: &Path, directory_url: &str) -> Store {
+        Store {
+            state_dir: state_dir.to_path_buf(),
+            ns: state_dir.join("ca").join(namespace(directory_url)),
+            writable: false,
+            _lock: None,
+        }
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The directory of this CA's namespace.
+    pub fn namespace_dir(&self) -> &Path {
+        &self.ns
+    }
+
+    fn assert_writable(&self) {
+        assert!(self.writable, "write through a read-only store");
+    }
+
+    fn account_path(&self) -> PathBuf {
+        self.ns.join("account.json")
+    }
+
+    /// The stored ACME account credentials (JSON holding the account key).
+    pub fn account(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        read_optional(&self.account_path())
+    }
+
+    pub fn save_account(&self, credentials_json: &[u8]) -> Result<(), StoreError> {
+        self.assert_writable();
+        let p = self.account_path();
+        write_atomic(&p, credentials_json, 0o600).map_err(io_err(&p))
+    }
+
+    fn cert_dir(&self, name: &str) -> Result<PathBuf, StoreError> {
+        Ok(self.ns.join("certs").join(component(name)?))
+    }
+
+    /// The directory of the current version's files (the version itself,
+    /// not the `current` link, so it does not change under a reader).
+    pub fn current_dir(&self, name: &str) -> Result<Option<PathBuf>, StoreError> {
+        let dir = self.cert_dir(name)?;
+        match fs::read_link(dir.join(CURRENT)) {
+            Ok(target) => Ok(Some(dir.join(target))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&dir)(e)),
+        }
+    }
+
+    /// The current certificate, if one was ever installed.
+    pub fn current(&self, name: &str) -> Result<Option<Bundle>, StoreError> {
+        let dir = self.cert_dir(name)?;
+        let link = dir.join(CURRENT);
+        match fs::read_link(&link) {
+            Ok(target) => load_version(&dir.join(target)).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&link)(e)),
+        }
+    }
+
+    /// Earlier versions, newest first (the current one excluded).
+    pub fn previous(&self, name: &str) -> Result<Vec<Bundle>, StoreError> {
+        let dir = self.cert_dir(name)?;
+        let current = fs::read_link(dir.join(CURRENT)).ok();
+        let mut out = Vec::new();
+        for v in self.version_names(&dir)?.into_iter().rev() {
+            let rel = Path::new(VERSIONS).join(&v);
+            if current.as_deref() == Some(rel.as_path()) {
+                continue;
+            }
+            out.push(load_version(&dir.join(rel))?);
+        }
+        Ok(out)
+    }
+
+    fn version_names(&self, dir: &Path) -> Result<Vec<String>, StoreError> {
+        let vdir = dir.join(VERSIONS);
+        let mut names = match fs::read_dir(&vdir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect::<Vec<_>>(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_err(&vdir)(e)),
+        };
+        names.sort();
+        Ok(names)
+    }
+
+    /// Make `bundle` the current certificate of `name`; the one it replaces
+    /// becomes the newest previous version. Old versions beyond
+    /// [`KEEP_PREVIOUS`] are removed.
+    pub fn install(
+        &self,
+        name: &str,
+        bundle: &Bundle,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.assert_writable();
+        let dir = self.cert_dir(name)?;
+        let vdir = dir.join(VERSIONS);
+        create_dir_all_mode(&vdir, 0o700).map_err(io_err(&vdir))?;
+
+        let serial_prefix: String = bundle.info.serial.chars().take(16).collect();
+        let version = format!(
+            "{}-{}",
+            crate::cert::rfc3339(now).replace([':', '-'], ""),
+            serial_prefix
+        );
+        // Write the version completely in a hidden directory, then rename it into place.
+        let tmp = vdir.join(format!(".{version}.{:08x}", rand::random::<u32>()));
+        create_dir_all_mode(&tmp, 0o700).map_err(io_err(&tmp))?;
+        let written = (|| {
+            write_atomic(&tmp.join(KEY_FILE), bundle.key.expose().as_bytes(), 0o600)?;
+            write_atomic(&tmp.join(LEAF_FILE), bundle.leaf_pem.as_bytes(), 0o644)?;
+            write_atomic(&tmp.join(CHAIN_FILE), bundle.chain_pem.as_bytes(), 0o644)?;
+            write_atomic(
+                &tmp.join(FULLCHAIN_FILE),
+                bundle.fullchain_pem().as_bytes(),
+                0o644,
+            )?;
+            rename_durable(&tmp, &vdir.join(&version))
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(io_err(&vdir)(e));
+        }
+
+        // Swap the `current` symlink by rename.
+        let link_tmp = dir.join(format!(".current.{:08x}", rand::random::<u32>()));
+        symlink(Path::new(VERSIONS).join(&version), &link_tmp).map_err(io_err(&link_tmp))?;
+        rename_durable(&link_tmp, &dir.join(CURRENT)).map_err(io_err(&dir))?;
+
+        self.prune(&dir, &version)
+    }
+
+    fn prune(&self, dir: &Path, current: &str) -> Result<(), StoreError> {
+        let names = self.version_names(dir)?;
+        let older: Vec<_> = names.iter().filter(|n| n.as_str() != current).collect();
+        if older.len() > KEEP_PREVIOUS {
+            let vdir = dir.join(VERSIONS);
+            for n in &older[..older.len() - KEEP_PREVIOUS] {
+                let p = vdir.join(n);
+                fs::remove_dir_all(&p).map_err(io_err(&p))?;
+            }
+            sync_dir(&vdir).map_err(io_err(&vdir))?;
+        }
+        Ok(())
+    }
+
+    fn target_path(&self, cert: &str, target: &str) -> Result<PathBuf, StoreError> {
+        Ok(self
+            .ns
+            .join("targets")
+            .join(component(cert)?)
+            .join(format!("{}.json", component(target)?)))
+    }
+
+    pub fn target_record(
+        &self,
+        cert: &str,
+        target: &str,
+    ) -> Result<Option<TargetRecord>, StoreError> {
+        let p = self.target_path(cert, target)?;
+        match read_optional(&p)? {
+            None => Ok(None),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Record {
+                        path: p,
+                        message: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    pub fn save_target_record(
+        &self,
+        cert: &str,
+        target: &str,
+        record: &TargetRecord,
+    ) -> Result<(), StoreError> {
+        self.assert_writable();
+        let p = self.target_path(cert, target)?;
+        let parent = p.parent().expect("target record has a parent");
+        create_dir_all_mode(parent, 0o700).map_err(io_err(parent))?;
+        let json = serde_json::to_vec_pretty(record).expect("record serializes");
+        write_atomic(&p, &json, 0o600).map_err(io_err(&p))
+    }
+}
+
+fn read_optional(p: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    match fs::read(p) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(p)(e)),
+    }
+}
+
+fn load_version(dir: &Path) -> Result<Bundle, StoreError> {
+    let read = |f: &str| {
+        let p = dir.join(f);
+        fs::read_to_string(&p).map_err(io_err(&p))
+    };
+    let key = KeyPem::new(read(KEY_FILE)?);
+    let leaf = read(LEAF_FILE)?;
+    let chain = read(CHAIN_FILE)?;
+    Bundle::from_chain(key, &format!("{leaf}{chain}")).map_err(|source| StoreError::Damaged {
+        path: dir.join(LEAF_FILE),
+        source,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::KeyType;
+    use std::os::unix::fs::MetadataExt;
+
+    /// A self-signed bundle for `domains`, valid for `days` from `not_before`.
+    pub(crate) fn bundle(domains: &[&str], not_before: OffsetDateTime, days: i64) -> Bundle {
+        let key = crate::acme::keys::generate(KeyType::EcdsaP256).unwrap();
+        let mut params = rcgen::CertificateParams::new(
+            domains.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        params.not_before = not_before;
+        params.not_after = not_before + time::Duration::days(days);
+        let cert = params.self_signed(&key).unwrap();
+        Bundle::from_chain(KeyPem::new(key.serialize_pem()), &cert.pem()).unwrap()
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    #[test]
+    fn names_cannot_escape_the_state_directory() {
+        for bad in ["../etc", "..", ".", "a/b", "", ".hidden", "a\0b", "/abs"] {
+            assert!(
+                matches!(component(bad), Err(StoreError::BadName { .. })),
+                "{bad:?}"
+            );
+        }
+        for good in ["example", "www.example.com", "a_b-c.1"] {
+            assert_eq!(component(good).unwrap(), good);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "https://ca.test/dir", Duration::ZERO).unwrap();
+        assert!(matches!(
+            store.current("../../x"),
+            Err(StoreError::BadName { .. })
+        ));
+        assert!(matches!(
+            store.target_record("ok", "../x"),
+            Err(StoreError::BadName { .. })
+        ));
+    }
+
+    #[test]
+    fn namespaces_keep_cas_apart() {
+        assert_eq!(
+            namespace("https://acme-v02.api.letsencrypt.org/directory"),
+            "acme-v02.api.letsencrypt.org_directory"
+        );
+        assert_eq!(
+            namespace("https://acme-staging-v02.api.letsencrypt.org/directory"),
+            "acme-staging-v02.api.letsencrypt.org_directory"
+        );
+        assert_eq!(
+            namespace("https://127.0.0.1:14000/dir"),
+            "127.0.0.1_14000_dir"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let prod = Store::open(dir.path(), "https://prod.test/dir", Duration::ZERO).unwrap();
+        prod.install("example", &bundle(&["a.test"], now(), 90), now())
+            .unwrap();
+        drop(prod);
+        let staging = Store::open(dir.path(), "https://staging.test/dir", Duration::ZERO).unwrap();
+        assert!(staging.current("example").unwrap().is_none());
+    }
+
+    #[test]
+    fn install_keeps_previous_versions_and_prunes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "https://ca.test/dir", Duration::ZERO).unwrap();
+        assert!(store.current("example").unwrap().is_none());
+        let mut installed = Vec::new();
+        for i in 0..(KEEP_PREVIOUS + 3) {
+            let b = bundle(&["a.test"], now(), 90);
+            // Distinct install times order the versions.
+            store
+                .install("example", &b, now() + time::Duration::seconds(i as i64))
+                .unwrap();
+            installed.push(b);
+        }
+        let current = store.current("example").unwrap().unwrap();
+        assert_eq!(&current, installed.last().unwrap());
+        let previous = store.previous("example").unwrap();
+        assert_eq!(previous.len(), KEEP_PREVIOUS);
+        // Newest first.
+        let expected: Vec<_> = installed
+            .iter()
+            .rev()
+            .skip(1)
+            .take(KEEP_PREVIOUS)
+            .cloned()
+            .collect();
+        assert_eq!(previous, expected);
+    }
+
+    #[test]
+    fn keys_and_account_are_private_from_the_first_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "https://ca.test/dir", Duration::ZERO).unwrap();
+        store.save_account(b"{}").unwrap();
+        store
+            .install("example", &bundle(&["a.test"], now(), 90), now())
+            .unwrap();
+        let cur = store.current_dir("example").unwrap().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&cur.join(KEY_FILE)), 0o600);
+        assert_eq!(mode(&cur.join(LEAF_FILE)), 0o644);
+        assert_eq!(mode(&store.namespace_dir().join("account.json")), 0o600);
+        assert_eq!(mode(store.namespace_dir()), 0o700);
+    }
+
+    #[test]
+    fn a_second_writer_waits_then_fails_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path(), "https://ca.test/dir", Duration::ZERO).unwrap();
+        let start = std::time::Instant::now();
+        let err = Store::open(
+            dir.path(),
+            "https://ca.test/dir",
+            Duration::from_millis(300),
+        )
+        .unwrap_err();
+        assert!(start.elapsed() >= Duration::from_millis(300));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "state directory {} is locked by another certherd process (waited 300ms); only one may write at a time",
+                dir.path().display()
+            )
+        );
+        drop(first);
+        Store::open(dir.path(), "https://ca.test/dir", Duration::ZERO).unwrap();
+    }
+
+    #[test]
+    fn read_only_open_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("state");
+        let store = Store::open_readonly(&missing, "https://ca.test/dir");
+        assert!(store.current("example").unwrap().is_none());
+        assert!(store.account().unwrap().is_none());
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn target_records_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "https://ca.test/dir", Duration::ZERO).unwrap();
+        assert_eq!(store.target_record("example", "web1").unwrap(), None);
+        let r = TargetRecord {
+            deployed_sha256: Some("ab".into()),
+            deployed_at: Some("2026-11-28T00:00:00Z".into()),
+            last_error: None,
+        };
+        store.save_target_record("example", "web1", &r).unwrap();
+        assert_eq!(store.target_record("example", "web1").unwrap(), Some(r));
+    }
+}

@@ -1,0 +1,1069 @@
+//! The configuration's error messages, exactly as an operator reads them,
+//! and the typed values a valid configuration turns into.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use certherd::config::{
+    load, load_str, ChallengeChoice, CommandSpec, ExecTarget, FileSet, FileTarget, KeyType,
+    RenewalPolicy, Solver, TargetConfig, TargetKind, Threshold, VerifyConfig,
+};
+
+const PATH: &str = "/etc/certherd/certherd.yaml";
+/// The value behind `{ env: EAB_HMAC_KEY }` in these tests.
+const EAB_SECRET: &str = "c2VjcmV0LWhtYWMta2V5LW5ldmVyLXByaW50ZWQ";
+
+fn fake_env(name: &str) -> Option<String> {
+    match name {
+        "EAB_HMAC_KEY" => Some(EAB_SECRET.to_string()),
+        _ => None,
+    }
+}
+
+/// Every error of a configuration that must not load, as printed.
+fn errors(src: &str) -> Vec<String> {
+    match load_str(src, Path::new(PATH), &fake_env) {
+        Ok(config) => panic!("expected errors, got {config:#?}"),
+        Err(e) => e.errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn assert_errors(src: &str, expected: &[&str]) {
+    assert_eq!(errors(src), expected);
+}
+
+/// Lines 1-2: the `acme` section.
+const ACME: &str = "\
+acme:
+  directory: letsencrypt
+";
+
+/// Lines 3-10 (after ACME): one solver, one certificate using it.
+const REST: &str = "\
+challenges:
+  standalone:
+    type: http-01
+    listen: \"[::]:80\"
+certificates:
+  example:
+    domains: [example.com, www.example.com]
+    challenge: standalone
+";
+
+/// A valid 10-line configuration, followed by `more` from line 11 on.
+fn with_head(more: &str) -> String {
+    format!("{ACME}{REST}{more}")
+}
+
+#[test]
+fn the_head_alone_is_valid() {
+    load_str(&with_head(""), Path::new(PATH), &fake_env).expect("valid");
+}
+
+#[test]
+fn unknown_key_in_a_target_lists_the_allowed_keys() {
+    let src = with_head(
+        "    targets:
+      - name: web1
+        type: file
+        fullchian: /etc/nginx/tls/example.pem
+        key: /etc/nginx/tls/example.key
+",
+    );
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:14:9: unknown key `fullchian` in target \"web1\" \
+           (expected one of: name, type, cert, chain, fullchain, key, combined, mode, owner, \
+           group, reload, reload_timeout, verify)",
+        ],
+    );
+}
+
+#[test]
+fn unknown_top_level_key() {
+    let src = with_head("stat_dir: /srv/certherd\n");
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:11:1: unknown key `stat_dir` in the configuration \
+           (expected one of: state_dir, acme, renewal, challenges, certificates)",
+        ],
+    );
+}
+
+#[test]
+fn certificate_naming_an_undefined_solver() {
+    let src = with_head("").replace("challenge: standalone", "challenge: bind");
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:10:16: certificate \"example\" uses challenge \"bind\", \
+           which is not defined under `challenges`",
+        ],
+    );
+}
+
+#[test]
+fn wildcard_domain_with_an_http01_solver() {
+    let src = with_head("").replace("www.example.com]", "\"*.example.com\"]");
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:9:28: \"*.example.com\" is a wildcard and needs a dns-01 \
+           solver, but challenge \"standalone\" is http-01",
+        ],
+    );
+}
+
+#[test]
+fn duplicate_target_names_within_a_certificate() {
+    let src = with_head(
+        "    targets:
+      - name: web1
+        type: file
+        fullchain: /etc/nginx/tls/example.pem
+      - name: web1
+        type: exec
+        command: [/usr/local/bin/push-to-cdn]
+",
+    );
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:15:15: target name \"web1\" is used twice in certificate \
+           \"example\" (first at 12:15)",
+        ],
+    );
+}
+
+#[test]
+fn duplicate_certificate_names() {
+    let src = with_head(
+        "  example:
+    domains: [example.org]
+    challenge: standalone
+",
+    );
+    assert_errors(
+        &src,
+        &["/etc/certherd/certherd.yaml:11:3: certificate \"example\" is defined twice (first at 8:3)"],
+    );
+}
+
+#[test]
+fn duplicate_key_in_a_section() {
+    let src = "\
+acme:
+  directory: letsencrypt
+  directory: zerossl
+"
+    .to_string()
+        + REST;
+    assert_errors(
+        &src,
+        &["/etc/certherd/certherd.yaml:3:3: duplicate key `directory` in `acme` (first at 2:3)"],
+    );
+}
+
+#[test]
+fn unreadable_secret_file() {
+    let src = "\
+acme:
+  directory: zerossl
+  eab:
+    key_id: kid-1
+    hmac_key: { file: secrets/eab.key }
+"
+    .to_string()
+        + REST;
+    assert_errors(
+        &src,
+        &["/etc/certherd/certherd.yaml:5:23: cannot read secret file \
+           /etc/certherd/secrets/eab.key (for `hmac_key`): No such file or directory (os error 2)"],
+    );
+}
+
+#[test]
+fn unset_environment_secret() {
+    let src = "\
+acme:
+  directory: zerossl
+  eab:
+    key_id: kid-1
+    hmac_key: { env: EAB_HMAC_KEY_PROD }
+"
+    .to_string()
+        + REST;
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:5:22: environment variable EAB_HMAC_KEY_PROD \
+           (for `hmac_key`) is not set",
+        ],
+    );
+}
+
+#[test]
+fn inline_secret_is_refused_without_echoing_it() {
+    let src = "\
+acme:
+  directory: zerossl
+  eab:
+    key_id: kid-1
+    hmac_key: aW5saW5lLXNlY3JldA
+"
+    .to_string()
+        + REST;
+    let errs = errors(&src);
+    assert_eq!(
+        errs,
+        ["/etc/certherd/certherd.yaml:5:15: `hmac_key` is a secret and is never written inline: \
+          use { env: NAME } or { file: PATH }"]
+    );
+    assert!(!errs[0].contains("aW5saW5lLXNlY3JldA"));
+}
+
+#[test]
+fn empty_domain_list() {
+    let src = with_head("").replace("[example.com, www.example.com]", "[]");
+    assert_errors(
+        &src,
+        &["/etc/certherd/certherd.yaml:9:14: `domains` is empty: certificate \"example\" needs at \
+           least one domain"],
+    );
+}
+
+#[test]
+fn invalid_and_repeated_domain_names() {
+    let src = with_head("").replace(
+        "[example.com, www.example.com]",
+        "[example.com, www..example.com, Example.COM]",
+    );
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:9:28: \"www..example.com\" is not a valid domain name: \
+             it has an empty label",
+            "/etc/certherd/certherd.yaml:9:46: \"example.com\" is listed twice in certificate \
+             \"example\"",
+        ],
+    );
+}
+
+#[test]
+fn file_mode_must_be_a_quoted_octal_string() {
+    let src = with_head(
+        "    targets:
+      - name: web1
+        type: file
+        key: /etc/nginx/tls/example.key
+        mode: 0640
+      - name: web2
+        type: file
+        key: /etc/nginx/tls/example2.key
+        mode: rw-r-----
+",
+    );
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:15:15: `mode` must be quoted, as in mode: \"0640\" \
+             (unquoted, YAML reads 0640 as a number)",
+            "/etc/certherd/certherd.yaml:19:15: `mode` must be an octal string like \"0640\", \
+             not \"rw-r-----\"",
+        ],
+    );
+}
+
+#[test]
+fn verify_connect_must_be_host_and_port() {
+    let src = with_head(
+        "    targets:
+      - name: web1
+        type: file
+        fullchain: /etc/nginx/tls/example.pem
+        verify: { connect: localhost }
+",
+    );
+    assert_errors(
+        &src,
+        &["/etc/certherd/certherd.yaml:15:28: `connect` must be host:port, like 127.0.0.1:443 or \
+           [::1]:443, not \"localhost\""],
+    );
+}
+
+#[test]
+fn missing_required_keys() {
+    let src = "\
+acme:
+  contact: [ops@example.com]
+challenges:
+  standalone:
+    type: http-01
+    listen: \"[::]:80\"
+certificates:
+  example:
+    domains: [example.com]
+    targets:
+      - type: exec
+        command: [/usr/local/bin/push-to-cdn]
+";
+    assert_errors(
+        src,
+        &[
+            "/etc/certherd/certherd.yaml:2:3: missing key `directory` in `acme`",
+            "/etc/certherd/certherd.yaml:9:5: missing key `challenge` in certificate \"example\"",
+            "/etc/certherd/certherd.yaml:11:9: missing key `name` in target #1 of certificate \
+             \"example\"",
+        ],
+    );
+}
+
+#[test]
+fn file_target_without_any_file() {
+    let src = with_head(
+        "    targets:
+      - name: web1
+        type: file
+        mode: \"0640\"
+",
+    );
+    assert_errors(
+        &src,
+        &["/etc/certherd/certherd.yaml:12:9: target \"web1\" writes no file: set at least one of \
+           cert, chain, fullchain, key, combined"],
+    );
+}
+
+#[test]
+fn reload_must_be_a_non_empty_argv() {
+    let src = with_head(
+        "    targets:
+      - name: web1
+        type: file
+        fullchain: /etc/nginx/tls/example.pem
+        reload: []
+      - name: web2
+        type: file
+        fullchain: /etc/nginx/tls/example2.pem
+        reload: systemctl reload nginx
+",
+    );
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:15:17: `reload` is empty: give the program and its \
+             arguments, like [systemctl, reload, nginx]",
+            "/etc/certherd/certherd.yaml:19:17: `reload` must be a list (the program and its \
+             arguments, no shell), like [systemctl, reload, nginx], not \"systemctl reload nginx\"",
+        ],
+    );
+}
+
+#[test]
+fn exec_target_needs_a_command() {
+    let src = with_head(
+        "    targets:
+      - name: edge
+        type: exec
+        command: []
+",
+    );
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:14:18: `command` is empty: give the program and its \
+           arguments, like [systemctl, reload, nginx]",
+        ],
+    );
+}
+
+#[test]
+fn bad_durations() {
+    let src = with_head(
+        "renewal:
+  check_interval: 6 hours
+  jitter: 90
+",
+    );
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:12:19: `check_interval`: invalid duration \"6 hours\": \
+             write a whole number and a unit (s, m, h or d), like 90s, 15m, 6h, 30d or 1h30m",
+            "/etc/certherd/certherd.yaml:13:11: `jitter`: invalid duration \"90\": write a whole \
+             number and a unit (s, m, h or d), like 90s, 15m, 6h, 30d or 1h30m",
+        ],
+    );
+}
+
+#[test]
+fn before_expiry_share_out_of_range() {
+    let src = with_head("    renewal: { before_expiry: 150% }\n");
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:11:31: `before_expiry` must be a duration like 30d or a \
+           share of the lifetime from 1% to 99%, not \"150%\"",
+        ],
+    );
+}
+
+#[test]
+fn bad_key_type() {
+    let src = with_head("    key: rsa-1024\n");
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:11:10: `key` must be one of: ecdsa-p256, ecdsa-p384, \
+           rsa-2048, rsa-3072, rsa-4096, not \"rsa-1024\"",
+        ],
+    );
+}
+
+#[test]
+fn wrong_value_types() {
+    let src = "\
+acme:
+  directory: letsencrypt
+  contact: ops@example.com
+"
+    .to_string()
+        + REST
+        + "    reuse_key: \"yes\"\n";
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:3:12: `contact` must be a list, not \"ops@example.com\"",
+            "/etc/certherd/certherd.yaml:12:16: `reuse_key` must be true or false, not \"yes\"",
+        ],
+    );
+}
+
+#[test]
+fn directory_must_be_https_or_an_alias() {
+    let src = with_head("").replace(
+        "directory: letsencrypt",
+        "directory: http://acme.example.com/directory",
+    );
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:2:14: `directory` must be an https:// URL or one of: \
+           letsencrypt, letsencrypt-staging, zerossl, google, google-staging, not \
+           \"http://acme.example.com/directory\"",
+        ],
+    );
+}
+
+#[test]
+fn trust_roots_must_be_readable_and_hold_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.pem"), "not a certificate\n").unwrap();
+    let config = dir.path().join("certherd.yaml");
+    let src = "\
+acme:
+  directory: letsencrypt
+  trust_roots: [missing.pem, notes.pem]
+"
+    .to_string()
+        + REST;
+    let errs: Vec<String> = load_str(&src, &config, &fake_env)
+        .unwrap_err()
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let d = dir.path().display();
+    assert_eq!(
+        errs,
+        [
+            format!(
+                "{d}/certherd.yaml:3:17: cannot read trust root {d}/missing.pem: \
+                 No such file or directory (os error 2)"
+            ),
+            format!(
+                "{d}/certherd.yaml:3:30: trust root {d}/notes.pem holds no PEM certificate \
+                 (-----BEGIN CERTIFICATE-----)"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn not_yet_supported_features_are_rejected() {
+    let src = "\
+acme:
+  directory: letsencrypt
+metrics:
+  listen: \"127.0.0.1:9611\"
+notify:
+  - type: webhook
+    url: https://hooks.example.com/certherd
+challenges:
+  standalone:
+    type: http-01
+    listen: \"[::]:80\"
+  bind:
+    type: dns-01
+    rfc2136: { server: 192.0.2.53:53 }
+  alpn:
+    type: tls-alpn-01
+    listen: \"[::]:443\"
+certificates:
+  example:
+    domains: [example.com, \"*.example.com\"]
+    challenge: { \"*.example.com\": bind, \"*\": standalone }
+    targets:
+      - name: lb1
+        type: ssh
+        host: lb1.example.com
+      - name: cdn
+        type: webhook
+      - name: web1
+        type: file
+        fullchain: /etc/nginx/tls/example.pem
+        colour: blue
+    rollout:
+      waves: [[web1], [lb1]]
+";
+    assert_errors(
+        src,
+        &[
+            "/etc/certherd/certherd.yaml:3:1: `metrics` is not supported by this version of \
+             certherd yet",
+            "/etc/certherd/certherd.yaml:5:1: `notify` is not supported by this version of \
+             certherd yet",
+            "/etc/certherd/certherd.yaml:13:11: challenge type `dns-01` is not supported by this \
+             version of certherd yet",
+            "/etc/certherd/certherd.yaml:16:11: challenge type `tls-alpn-01` is not supported by \
+             this version of certherd yet",
+            "/etc/certherd/certherd.yaml:24:15: target type `ssh` is not supported by this \
+             version of certherd yet",
+            "/etc/certherd/certherd.yaml:27:15: target type `webhook` is not supported by this \
+             version of certherd yet",
+            "/etc/certherd/certherd.yaml:31:9: unknown key `colour` in target \"web1\" (expected \
+             one of: name, type, cert, chain, fullchain, key, combined, mode, owner, group, \
+             reload, reload_timeout, verify)",
+            "/etc/certherd/certherd.yaml:32:5: `rollout` is not supported by this version of \
+             certherd yet",
+        ],
+    );
+}
+
+#[test]
+fn http01_solver_uses_exactly_one_of_listen_and_webroot() {
+    let src = "\
+acme:
+  directory: letsencrypt
+challenges:
+  both:
+    type: http-01
+    listen: \"[::]:80\"
+    webroot: /var/www/acme
+  neither:
+    type: http-01
+  typo:
+    type: http01
+  bad_listen:
+    type: http-01
+    listen: \"localhost:80\"
+certificates:
+  example:
+    domains: [example.com]
+    challenge: both
+";
+    assert_errors(
+        src,
+        &[
+            "/etc/certherd/certherd.yaml:5:5: challenge \"both\" sets both `listen` and `webroot`: \
+             an http-01 solver uses one of them",
+            "/etc/certherd/certherd.yaml:9:5: challenge \"neither\" needs `listen` (the built-in \
+             responder's address) or `webroot` (a folder the web server serves)",
+            "/etc/certherd/certherd.yaml:11:11: `type` must be one of: http-01, dns-01, \
+             tls-alpn-01, not \"http01\"",
+            "/etc/certherd/certherd.yaml:14:13: `listen` must be an IP address and port, like \
+             \"[::]:80\" or \"127.0.0.1:5002\", not \"localhost:80\"",
+        ],
+    );
+}
+
+#[test]
+fn certificate_and_target_names_become_file_names() {
+    let src = with_head(
+        "  web/site:
+    domains: [example.org]
+    challenge: standalone
+    targets:
+      - name: .hidden
+        type: file
+        cert: /etc/ssl/a.pem
+",
+    );
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:11:3: certificate name \"web/site\" is not valid: a name \
+             starts with a letter or digit and holds only letters, digits, '.', '_' and '-' (it \
+             becomes a file name)",
+            "/etc/certherd/certherd.yaml:15:15: target name \".hidden\" is not valid: a name \
+             starts with a letter or digit and holds only letters, digits, '.', '_' and '-' (it \
+             becomes a file name)",
+        ],
+    );
+}
+
+#[test]
+fn challenge_patterns_must_cover_every_domain() {
+    let src = with_head("").replace(
+        "challenge: standalone",
+        "challenge: { example.com: standalone, example.org: standalone }",
+    );
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:9:28: domain \"www.example.com\" of certificate \
+             \"example\" has no challenge solver: name it in `challenge` or add a \"*\" entry",
+            "/etc/certherd/certherd.yaml:10:43: pattern \"example.org\" in `challenge` is not a \
+             domain of certificate \"example\" (use one of its domains, or \"*\" for the rest)",
+        ],
+    );
+}
+
+#[test]
+fn verify_server_name_must_be_covered_by_the_certificate() {
+    let src = with_head(
+        "    targets:
+      - name: web1
+        type: file
+        fullchain: /etc/nginx/tls/example.pem
+        verify:
+          connect: 127.0.0.1:443
+          server_name: example.org
+",
+    );
+    assert_errors(
+        &src,
+        &["/etc/certherd/certherd.yaml:17:24: `server_name` \"example.org\" is not covered by the \
+           certificate's domains (example.com, www.example.com)"],
+    );
+}
+
+#[test]
+fn yaml_syntax_error() {
+    let src = "acme:\n  directory: letsencrypt\n contact: [ops@example.com]\n";
+    assert_errors(
+        src,
+        &["/etc/certherd/certherd.yaml:3:2: invalid YAML: while parsing a block mapping, did not \
+           find expected key"],
+    );
+}
+
+#[test]
+fn a_second_yaml_document() {
+    let src = with_head("---\nacme: {}\n");
+    assert_errors(
+        &src,
+        &["/etc/certherd/certherd.yaml:11:1: a configuration file holds one YAML document; remove \
+           this `---` and what follows"],
+    );
+}
+
+#[test]
+fn empty_file() {
+    assert_errors(
+        "# nothing yet\n",
+        &["/etc/certherd/certherd.yaml:1:1: the configuration file is empty"],
+    );
+}
+
+#[test]
+fn unreadable_configuration_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nope.yaml");
+    let err = load(&path).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: cannot read the configuration file: No such file or directory (os error 2)",
+            path.display()
+        )
+    );
+}
+
+/// Many mistakes in one file: all are reported, in document order, and the
+/// valid parts around them cause no noise.
+#[test]
+fn every_error_is_reported_in_document_order() {
+    let src = "\
+state_dir: /var/lib/certherd
+acme:
+  directory: letsencrypt
+  contact: [ops@example.com]
+  eab: { key_id: KID, hmac_key: { env: MISSING_KEY } }
+renewal:
+  before_expiry: 33%
+  jitter: half an hour
+challenges:
+  standalone:
+    type: http-01
+    listen: \"[::]:80\"
+certificates:
+  example:
+    domains: [example.com, \"*.example.com\"]
+    challenge: standalone
+    targets:
+      - name: web1
+        type: file
+        fullchian: /etc/nginx/tls/example.pem
+        reload: [systemctl, reload, nginx]
+        verify: { connect: \"127.0.0.1\" }
+  second:
+    domains: [second.example.com]
+    challenge: bind
+    key: ed25519
+";
+    assert_errors(
+        src,
+        &[
+            "/etc/certherd/certherd.yaml:5:40: environment variable MISSING_KEY (for `hmac_key`) \
+             is not set",
+            "/etc/certherd/certherd.yaml:8:11: `jitter`: invalid duration \"half an hour\": write a \
+             whole number and a unit (s, m, h or d), like 90s, 15m, 6h, 30d or 1h30m",
+            "/etc/certherd/certherd.yaml:15:28: \"*.example.com\" is a wildcard and needs a dns-01 \
+             solver, but challenge \"standalone\" is http-01",
+            "/etc/certherd/certherd.yaml:18:9: target \"web1\" writes no file: set at least one of \
+             cert, chain, fullchain, key, combined",
+            "/etc/certherd/certherd.yaml:20:9: unknown key `fullchian` in target \"web1\" \
+             (expected one of: name, type, cert, chain, fullchain, key, combined, mode, owner, \
+             group, reload, reload_timeout, verify)",
+            "/etc/certherd/certherd.yaml:22:28: `connect` must be host:port, like 127.0.0.1:443 or \
+             [::1]:443, not \"127.0.0.1\"",
+            "/etc/certherd/certherd.yaml:25:16: certificate \"second\" uses challenge \"bind\", \
+             which is not defined under `challenges`",
+            "/etc/certherd/certherd.yaml:26:10: `key` must be one of: ecdsa-p256, ecdsa-p384, \
+             rsa-2048, rsa-3072, rsa-4096, not \"ed25519\"",
+        ],
+    );
+}
+
+const TEST_ROOT_PEM: &str = "\
+-----BEGIN CERTIFICATE-----
+MIIBszCCAVmgAwIBAgIUTmFtZWxlc3MgdGVzdCByb290IGZvciBjZXJ0aGVyZDAK
+-----END CERTIFICATE-----
+";
+
+/// The interface's example, minus what this version does not support,
+/// loaded from a real file so relative paths resolve against its folder.
+#[test]
+fn full_configuration_loads_into_typed_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("ca")).unwrap();
+    std::fs::write(d.join("ca/test-root.pem"), TEST_ROOT_PEM).unwrap();
+    std::fs::create_dir(d.join("secrets")).unwrap();
+    std::fs::write(d.join("secrets/eab.key"), "  ZmlsZS1zZWNyZXQ\n").unwrap();
+    let path = d.join("certherd.yaml");
+    std::fs::write(
+        &path,
+        "\
+state_dir: state
+acme:
+  directory: letsencrypt
+  contact: [ops@example.com, \"mailto:security@example.com\"]
+  trust_roots: [ca/test-root.pem]
+  eab: { key_id: KID, hmac_key: { file: secrets/eab.key } }
+  profile: shortlived
+renewal:
+  before_expiry: 33%
+  ari: false
+  check_interval: 1h
+  jitter: 5m
+challenges:
+  standalone:
+    type: http-01
+    listen: \"[::]:80\"
+  webroot:
+    type: http-01
+    webroot: ./www/acme
+certificates:
+  example:
+    domains: [Example.com, www.example.com]
+    key: ecdsa-p384
+    reuse_key: true
+    challenge: { www.example.com: webroot, \"*\": standalone }
+    renewal: { before_expiry: 20d }
+    targets:
+      - name: web1
+        type: file
+        fullchain: /etc/nginx/tls/example.pem
+        key: tls/example.key
+        mode: \"0640\"
+        owner: root
+        group: ssl-cert
+        reload: [systemctl, reload, nginx]
+        reload_timeout: 2m
+        verify:
+          connect: 127.0.0.1:443
+          server_name: www.example.com
+          timeout: 45s
+      - name: edge
+        type: exec
+        command: [bin/push-to-cdn, --zone, example]
+        timeout: 5m
+        verify: { connect: edge.example.com:443 }
+  other:
+    domains: [other.example.net]
+    challenge: standalone
+",
+    )
+    .unwrap();
+
+    let config = load(&path).expect("valid");
+    assert_eq!(config.source, path);
+    assert_eq!(config.state_dir, d.join("state"));
+
+    let acme = &config.acme;
+    assert_eq!(
+        acme.directory,
+        "https://acme-v02.api.letsencrypt.org/directory"
+    );
+    assert_eq!(
+        acme.dry_run_directory,
+        "https://acme-staging-v02.api.letsencrypt.org/directory"
+    );
+    assert_eq!(
+        acme.contact,
+        ["mailto:ops@example.com", "mailto:security@example.com"]
+    );
+    assert_eq!(acme.trust_roots, [d.join("ca/test-root.pem")]);
+    let eab = acme.eab.as_ref().expect("eab");
+    assert_eq!(eab.key_id, "KID");
+    assert_eq!(eab.hmac_key.expose(), "ZmlsZS1zZWNyZXQ");
+    let secret_path = d.join("secrets/eab.key");
+    assert_eq!(
+        eab.hmac_key.origin(),
+        format!("file {}", secret_path.display())
+    );
+    assert_eq!(acme.profile.as_deref(), Some("shortlived"));
+
+    let top = RenewalPolicy {
+        before_expiry: Threshold::Share(0.33),
+        ari: false,
+        check_interval: Duration::from_secs(3600),
+        jitter: Duration::from_secs(300),
+    };
+    assert_eq!(config.renewal, top);
+
+    assert_eq!(config.challenges.len(), 2);
+    assert_eq!(
+        config.challenges["standalone"],
+        Solver::Http01Listen {
+            listen: "[::]:80".to_string()
+        }
+    );
+    assert_eq!(
+        config.challenges["webroot"],
+        Solver::Http01Webroot {
+            webroot: d.join("www/acme")
+        }
+    );
+
+    assert_eq!(config.certificates.len(), 2);
+    let example = config.certificate("example").expect("example");
+    assert_eq!(example.domains, ["example.com", "www.example.com"]);
+    assert_eq!(example.key, KeyType::EcdsaP384);
+    assert!(example.reuse_key);
+    assert_eq!(
+        example.challenge,
+        ChallengeChoice::ByPattern(vec![
+            ("www.example.com".to_string(), "webroot".to_string()),
+            ("*".to_string(), "standalone".to_string()),
+        ])
+    );
+    assert_eq!(
+        example.challenge.solver_for("example.com"),
+        Some("standalone")
+    );
+    assert_eq!(
+        example.renewal,
+        RenewalPolicy {
+            before_expiry: Threshold::Remaining(Duration::from_secs(20 * 86_400)),
+            ..top.clone()
+        }
+    );
+    assert_eq!(
+        example.targets,
+        [
+            TargetConfig {
+                name: "web1".to_string(),
+                kind: TargetKind::File(FileTarget {
+                    files: FileSet {
+                        fullchain: Some(PathBuf::from("/etc/nginx/tls/example.pem")),
+                        key: Some(d.join("tls/example.key")),
+                        ..FileSet::default()
+                    },
+                    mode: 0o640,
+                    owner: Some("root".to_string()),
+                    group: Some("ssl-cert".to_string()),
+                }),
+                reload: Some(CommandSpec {
+                    argv: vec!["systemctl".into(), "reload".into(), "nginx".into()],
+                    timeout: Duration::from_secs(120),
+                }),
+                verify: Some(VerifyConfig {
+                    connect: "127.0.0.1:443".to_string(),
+                    server_name: "www.example.com".to_string(),
+                    timeout: Duration::from_secs(45),
+                }),
+            },
+            TargetConfig {
+                name: "edge".to_string(),
+                kind: TargetKind::Exec(ExecTarget {
+                    command: CommandSpec {
+                        argv: vec![
+                            d.join("bin/push-to-cdn").display().to_string(),
+                            "--zone".into(),
+                            "example".into(),
+                        ],
+                        timeout: Duration::from_secs(300),
+                    },
+                }),
+                reload: None,
+                verify: Some(VerifyConfig {
+                    connect: "edge.example.com:443".to_string(),
+                    server_name: "example.com".to_string(),
+                    timeout: Duration::from_secs(30),
+                }),
+            },
+        ]
+    );
+
+    let other = config.certificate("other").expect("other");
+    assert_eq!(other.key, KeyType::EcdsaP256);
+    assert!(!other.reuse_key);
+    assert_eq!(
+        other.challenge,
+        ChallengeChoice::All("standalone".to_string())
+    );
+    assert_eq!(other.renewal, top);
+    assert!(other.targets.is_empty());
+}
+
+#[test]
+fn defaults_apply_to_a_minimal_configuration() {
+    let src = with_head(
+        "    targets:
+      - name: web1
+        type: file
+        key: /etc/ssl/example.key
+        reload: [systemctl, reload, nginx]
+        verify: { connect: \"[::1]:443\" }
+",
+    );
+    let config = load_str(&src, Path::new(PATH), &fake_env).expect("valid");
+    assert_eq!(config.state_dir, PathBuf::from("/var/lib/certherd"));
+    assert_eq!(config.renewal, RenewalPolicy::default());
+    assert_eq!(config.renewal.before_expiry, Threshold::Share(0.33));
+    assert!(config.renewal.ari);
+    assert_eq!(config.renewal.check_interval, Duration::from_secs(6 * 3600));
+    assert_eq!(config.renewal.jitter, Duration::from_secs(30 * 60));
+    assert!(config.acme.contact.is_empty());
+    assert!(config.acme.eab.is_none());
+    let cert = &config.certificates[0];
+    assert_eq!(cert.key, KeyType::EcdsaP256);
+    assert!(!cert.reuse_key);
+    let target = &cert.targets[0];
+    let TargetKind::File(file) = &target.kind else {
+        panic!("a file target")
+    };
+    assert_eq!(file.mode, 0o600);
+    assert_eq!(
+        target.reload.as_ref().map(|r| r.timeout),
+        Some(Duration::from_secs(60))
+    );
+    let verify = target.verify.as_ref().expect("verify");
+    assert_eq!(verify.server_name, "example.com");
+    assert_eq!(verify.timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn directory_aliases_and_their_dry_run_twins() {
+    let cases = [
+        (
+            "letsencrypt",
+            None,
+            "https://acme-v02.api.letsencrypt.org/directory",
+            "https://acme-staging-v02.api.letsencrypt.org/directory",
+        ),
+        (
+            "letsencrypt-staging",
+            None,
+            "https://acme-staging-v02.api.letsencrypt.org/directory",
+            "https://acme-staging-v02.api.letsencrypt.org/directory",
+        ),
+        (
+            "google",
+            None,
+            "https://dv.acme-v02.api.pki.goog/directory",
+            "https://dv.acme-v02.test-api.pki.goog/directory",
+        ),
+        (
+            "zerossl",
+            None,
+            "https://acme.zerossl.com/v2/DV90",
+            "https://acme.zerossl.com/v2/DV90",
+        ),
+        (
+            "https://localhost:14000/dir",
+            None,
+            "https://localhost:14000/dir",
+            "https://localhost:14000/dir",
+        ),
+        (
+            "https://ca.internal/acme/directory",
+            Some("google-staging"),
+            "https://ca.internal/acme/directory",
+            "https://dv.acme-v02.test-api.pki.goog/directory",
+        ),
+    ];
+    for (directory, dry_run, expected, expected_dry_run) in cases {
+        let mut acme = format!("acme:\n  directory: {directory}\n");
+        if let Some(dr) = dry_run {
+            acme += &format!("  dry_run_directory: {dr}\n");
+        }
+        let config = load_str(&(acme + REST), Path::new(PATH), &fake_env).expect(directory);
+        assert_eq!(config.acme.directory, expected, "{directory}");
+        assert_eq!(
+            config.acme.dry_run_directory, expected_dry_run,
+            "{directory}"
+        );
+    }
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output_or_errors() {
+    let src = "\
+acme:
+  directory: zerossl
+  eab: { key_id: kid-1, hmac_key: { env: EAB_HMAC_KEY } }
+"
+    .to_string()
+        + REST;
+    let config = load_str(&src, Path::new(PATH), &fake_env).expect("valid");
+    let eab = config.acme.eab.as_ref().expect("eab");
+    assert_eq!(eab.hmac_key.expose(), EAB_SECRET);
+    assert_eq!(eab.hmac_key.origin(), "env EAB_HMAC_KEY");
+    let debug = format!("{config:?} {config:#?}");
+    assert!(!debug.contains(EAB_SECRET), "{debug}");
+    assert!(debug.contains("env EAB_HMAC_KEY"));
+
+    // The same secret in a configuration with other mistakes: it is read,
+    // and still printed nowhere.
+    let broken = src.replace("challenge: standalone", "challenge: nowhere") + "    key: dsa\n";
+    let err = load_str(&broken, Path::new(PATH), &fake_env).unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert_eq!(err.errors.len(), 2, "{shown}");
+    assert!(!shown.contains(EAB_SECRET), "{shown}");
+}

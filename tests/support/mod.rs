@@ -1,0 +1,207 @@
+//! Shared support for certherd's integration tests: real services on loopback.
+//!
+//! Modelled on instant-acme's `tests/pebble.rs` `Environment`: every service a
+//! test starts ([`Pebble`] with pebble-challtestsrv as its DNS, [`Nginx`]) runs
+//! on free loopback ports in its own temporary directory, is polled until it
+//! answers (every wait has a deadline and says what it waited for), and is
+//! stopped in `Drop` by the pid this code started or the pid file it wrote,
+//! never by name. A missing binary is a panic that names the package to install
+//! (`scripts/install-deps`); nothing is skipped.
+//!
+//! When a test panics, the temporary directories of the services it started are
+//! kept and their paths printed, so the services' logs survive for inspection.
+//!
+//! Use it from an integration test with `mod support;`.
+
+// Each test crate compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
+pub mod nginx;
+pub mod pebble;
+pub mod process;
+pub mod tls;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+// Re-exported for the tests' convenience; each test crate uses only some.
+#[allow(unused_imports)]
+pub use nginx::{Nginx, NginxOptions, Webroot};
+#[allow(unused_imports)]
+pub use pebble::{Pebble, PebbleOptions};
+#[allow(unused_imports)]
+pub use process::ScratchDir;
+#[allow(unused_imports)]
+pub use tls::{
+    https_client_trusting, leaf_sha256_of_pem, served_chain_sha256, served_leaf_sha256, sha256_hex,
+    TestCa, TestCert,
+};
+
+/// A loopback port that is free for both TCP and UDP right now.
+///
+/// Nothing holds it after this returns: a service started on it a moment later
+/// can still lose a race, which is why [`Pebble`] and [`Nginx`] watch for
+/// "address already in use" and retry on other ports.
+pub fn free_port() -> u16 {
+    free_ports(1)[0]
+}
+
+/// `n` distinct loopback ports, each free for both TCP and UDP right now.
+///
+/// All of them are held until every one is chosen, so they differ from each
+/// other; see [`free_port`] for what is not guaranteed.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let mut held = Vec::new();
+    let mut ports = Vec::with_capacity(n);
+    let mut attempts = 0;
+    while ports.len() < n {
+        attempts += 1;
+        assert!(
+            attempts <= 100 * n.max(1),
+            "free_ports: found only {} of {n} loopback ports free for both TCP and UDP",
+            ports.len()
+        );
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 (TCP)");
+        let port = tcp.local_addr().expect("local_addr").port();
+        // pebble-challtestsrv's DNS listens on UDP and TCP on the same port.
+        let udp = UdpSocket::bind(("127.0.0.1", port)).ok();
+        if udp.is_some() {
+            ports.push(port);
+        }
+        // Held either way, so the kernel does not hand the same port out again.
+        held.push((tcp, udp));
+    }
+    ports
+}
+
+/// The environment variables a developer's shell or CI may set that would change
+/// what certherd does; [`certherd_cmd`] removes them (and every `CERTHERD_*`).
+pub const AMBIENT_ENV: &[&str] = &[
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "RUST_LOG",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+];
+
+/// A [`Command`] for the `certherd` binary built for these tests, with the
+/// ambient environment that could change its behaviour removed ([`AMBIENT_ENV`]
+/// and every `CERTHERD_*` variable) and stdin closed. Tests trust test CAs
+/// explicitly (`trust_roots`), never through `SSL_CERT_FILE`.
+pub fn certherd_cmd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_certherd"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CERTHERD_") {
+            cmd.env_remove(key);
+        }
+    }
+    for key in AMBIENT_ENV {
+        cmd.env_remove(key);
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// Every entry under `dir` (relative path → description), for "nothing
+/// changed" assertions: `file <mode> <sha256>`, `dir <mode>` or
+/// `symlink <target>`, with the mode in octal (permission bits only).
+/// Symlinks are recorded, not followed. Panics on an unreadable entry.
+pub fn sha256_tree(dir: &Path) -> BTreeMap<PathBuf, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
+        let entries = fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("sha256_tree: read {}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry
+                .unwrap_or_else(|e| panic!("sha256_tree: read {}: {e}", dir.display()))
+                .path();
+            let meta = fs::symlink_metadata(&path)
+                .unwrap_or_else(|e| panic!("sha256_tree: stat {}: {e}", path.display()));
+            let rel = path
+                .strip_prefix(root)
+                .expect("entry under root")
+                .to_path_buf();
+            let mode = meta.permissions().mode() & 0o7777;
+            let kind = meta.file_type();
+            if kind.is_symlink() {
+                let target = fs::read_link(&path)
+                    .unwrap_or_else(|e| panic!("sha256_tree: readlink {}: {e}", path.display()));
+                out.insert(rel, format!("symlink {}", target.display()));
+            } else if kind.is_dir() {
+                out.insert(rel, format!("dir {mode:04o}"));
+                walk(root, &path, out);
+            } else {
+                let bytes = fs::read(&path)
+                    .unwrap_or_else(|e| panic!("sha256_tree: read {}: {e}", path.display()));
+                out.insert(rel, format!("file {mode:04o} {}", sha256_hex(&bytes)));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// The path of an installed program: `PATH` first, then the usual system
+/// directories (`nginx` lives in `/usr/sbin`, which a non-root `PATH` may
+/// lack). Panics with what to install when it is missing.
+pub fn find_binary(name: &str, debian_package: &str) -> PathBuf {
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    let fallback = [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ];
+    std::env::split_paths(&path_var)
+        .chain(fallback.iter().map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} not found on PATH or in {}: run scripts/install-deps \
+                 (apt-get install {debian_package})",
+                fallback.join(", ")
+            )
+        })
+}
+
+/// Reads an HTTP/1.0 response from `addr` for `GET path` with `Host: host`,
+/// over plain TCP (for checking a web server's http side), bounded by 5 s.
+/// Returns the whole response, head and body, as text.
+pub fn http_get_raw(addr: &str, host: &str, path: &str) -> Result<String, String> {
+    let socket_addr = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("resolve {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("resolve {addr}: no address"))?;
+    let timeout = Duration::from_secs(5);
+    let mut sock = TcpStream::connect_timeout(&socket_addr, timeout)
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    sock.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(sock, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")
+        .map_err(|e| format!("send request to {addr}: {e}"))?;
+    let mut response = String::new();
+    sock.read_to_string(&mut response)
+        .map_err(|e| format!("read response from {addr}: {e}"))?;
+    Ok(response)
+}
