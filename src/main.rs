@@ -138,8 +138,9 @@ fn main() -> ExitCode {
                 }
             }
             Err(e) => {
-                eprintln!("certherd: {}", anyhow::Error::from(e).chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
-                ExitCode::from(1)
+                let code = if e.is_usage() { 2 } else { 1 };
+                eprintln!("certherd: {}", certherd::acme::http::error_chain(&e));
+                ExitCode::from(code)
             }
         }
     })

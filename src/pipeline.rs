@@ -46,6 +46,13 @@ pub enum RunError {
     Tls(#[from] acme::http::TlsSetupError),
 }
 
+impl RunError {
+    /// The command line named something that does not exist: nothing was attempted.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, RunError::UnknownCert(_) | RunError::UnknownTarget(_))
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct RenewOptions {
     pub dry_run: bool,
@@ -418,7 +425,7 @@ async fn one_target(
                         report.verdict = Some(verdict);
                         return (report, None);
                     }
-                    tracing::warn!(certificate = cert_name, target = %t.name, problem = %verdict.problem().unwrap_or_default(), "target does not serve the current certificate; deploying again");
+                    tracing::warn!(certificate = %cert_name, target = %t.name, problem = %verdict.problem().unwrap_or_default(), "target does not serve the current certificate; deploying again");
                     push = true;
                 } else {
                     return (report, None);
@@ -431,7 +438,7 @@ async fn one_target(
     if push {
         match push_and_reload(cert_name, t, bundle, files, &mut report).await {
             Ok(()) => {
-                tracing::info!(certificate = cert_name, target = %t.name, sha256 = %bundle.info.sha256, "deployed");
+                tracing::info!(certificate = %cert_name, target = %t.name, sha256 = %bundle.info.sha256, "deployed");
                 report.action = TargetAction::Deployed;
                 record = Some(TargetRecord {
                     deployed_sha256: Some(bundle.info.sha256.clone()),
@@ -440,7 +447,7 @@ async fn one_target(
                 });
             }
             Err(error) => {
-                tracing::error!(certificate = cert_name, target = %t.name, %error, "deployment failed");
+                tracing::error!(certificate = %cert_name, target = %t.name, %error, "deployment failed");
                 report.action = TargetAction::Failed {
                     error: error.clone(),
                 };
@@ -460,10 +467,10 @@ async fn one_target(
         let verdict = verify::verify(v, bundle).await;
         match &verdict {
             Verdict::Current { .. } => {
-                tracing::info!(certificate = cert_name, target = %t.name, "verified: serves the current certificate")
+                tracing::info!(certificate = %cert_name, target = %t.name, "verified: serves the current certificate")
             }
             other => {
-                tracing::error!(certificate = cert_name, target = %t.name, state = other.state(), problem = %other.problem().unwrap_or_default(), "verification failed")
+                tracing::error!(certificate = %cert_name, target = %t.name, state = other.state(), problem = %other.problem().unwrap_or_default(), "verification failed")
             }
         }
         report.verdict = Some(verdict);

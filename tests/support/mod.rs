@@ -19,6 +19,7 @@
 pub mod nginx;
 pub mod pebble;
 pub mod process;
+pub mod run;
 pub mod tls;
 
 use std::collections::BTreeMap;

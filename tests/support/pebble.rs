@@ -45,6 +45,9 @@ pub struct PebbleOptions {
     /// A DNS server for Pebble's validation authority other than the bundled
     /// challtestsrv (for example a BIND9 taking dns-01 updates).
     pub dns_server: Option<SocketAddr>,
+    /// Require external account binding with this key id and base64url HMAC
+    /// key (`externalAccountBindingRequired`, `externalAccountMACKeys`).
+    pub eab: Option<(String, String)>,
 }
 
 /// A running Pebble and its challtestsrv; both are killed on drop.
@@ -130,8 +133,14 @@ impl Pebble {
                 &challtestsrv_log,
             );
 
+            let mac_keys: serde_json::Map<String, serde_json::Value> = opts
+                .eab
+                .iter()
+                .map(|(kid, key)| (kid.clone(), serde_json::Value::from(key.clone())))
+                .collect();
             let config = serde_json::json!({
                 "pebble": {
+                    "externalAccountMACKeys": mac_keys,
                     "listenAddress": format!("127.0.0.1:{}", ports.listen),
                     "managementListenAddress": format!("127.0.0.1:{}", ports.management),
                     "certificate": cert_path,
@@ -139,7 +148,7 @@ impl Pebble {
                     "httpPort": ports.http,
                     "tlsPort": ports.tls,
                     "ocspResponderURL": "",
-                    "externalAccountBindingRequired": false,
+                    "externalAccountBindingRequired": opts.eab.is_some(),
                 }
             });
             let config_path = dir.path().join("pebble-config.json");
