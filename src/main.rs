@@ -103,14 +103,57 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async move {
-        let outcome = match cli.command {
-            Command::Check => unreachable!("handled above"),
-            Command::Renew { dry_run, force, certs } => {
-                pipeline::renew(&config, &RenewOptions { dry_run, force, certs }).await.map(Done::Report)
+        tokio::select! {
+            code = run(cli.command, config) => code,
+            signal = shutdown_signal() => {
+                // Dropping the command's future stops it between steps: a file
+                // write in progress finishes (the runtime waits for it), challenge
+                // files are removed, nothing is half-written.
+                eprintln!("certherd: interrupted by {signal}; stopped before finishing");
+                ExitCode::from(1)
             }
-            Command::Deploy { certs, targets } => pipeline::deploy_cmd(&config, &certs, &targets).await.map(Done::Report),
-            Command::Verify { certs } => pipeline::verify_cmd(&config, &certs).await.map(Done::Report),
-            Command::Status { json, offline } => pipeline::status(&config, offline).await.map(|s| Done::Status(s, json)),
+        }
+    })
+}
+
+/// SIGINT or SIGTERM, whichever comes first.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+async fn run(command: Command, config: certherd::config::Config) -> ExitCode {
+    {
+        let outcome = match command {
+            Command::Check => unreachable!("handled above"),
+            Command::Renew {
+                dry_run,
+                force,
+                certs,
+            } => pipeline::renew(
+                &config,
+                &RenewOptions {
+                    dry_run,
+                    force,
+                    certs,
+                },
+            )
+            .await
+            .map(Done::Report),
+            Command::Deploy { certs, targets } => pipeline::deploy_cmd(&config, &certs, &targets)
+                .await
+                .map(Done::Report),
+            Command::Verify { certs } => pipeline::verify_cmd(&config, &certs)
+                .await
+                .map(Done::Report),
+            Command::Status { json, offline } => pipeline::status(&config, offline)
+                .await
+                .map(|s| Done::Status(s, json)),
             Command::Run => {
                 eprintln!("certherd: `run` (the always-on agent) is not available in this version yet; use `renew` from a systemd timer");
                 return ExitCode::from(2);
@@ -127,7 +170,10 @@ fn main() -> ExitCode {
             }
             Ok(Done::Status(status, json)) => {
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&status).expect("status serializes")
+                    );
                 } else {
                     print!("{}", status.human(time::OffsetDateTime::now_utc()));
                 }
@@ -143,7 +189,7 @@ fn main() -> ExitCode {
                 ExitCode::from(code)
             }
         }
-    })
+    }
 }
 
 enum Done {

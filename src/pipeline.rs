@@ -29,6 +29,8 @@ use crate::verify::{self, Verdict};
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// Orders worked at once.
 const ORDER_CONCURRENCY: usize = 32;
+/// Certificates whose targets are worked at once.
+const CERT_CONCURRENCY: usize = 8;
 /// Targets deployed at once within a certificate.
 const TARGET_CONCURRENCY: usize = 8;
 /// The quick look `renew` takes at a target it does not need to change.
@@ -115,52 +117,52 @@ pub async fn renew(config: &Config, opts: &RenewOptions) -> Result<Report, RunEr
         .collect();
     let issued = issue_all(config, &config.acme.directory, Some(&store), &due).await?;
 
-    let mut reports = Vec::new();
+    // Store what was issued, then bring every certificate's targets to it.
+    let mut staged = Vec::new();
     for (i, cert) in selected.iter().enumerate() {
         let (issuance, renewed) = match issued.iter().find(|(j, _)| *j == i) {
             None => (Issuance::NotDue, false),
             Some((_, Err(e))) => {
                 tracing::error!(certificate = %cert.name, error = %e, "renewal failed; the previous certificate stays in place");
-                (
-                    Issuance::Failed {
-                        error: e.to_string(),
-                    },
-                    false,
-                )
+                let error = e.to_string();
+                (Issuance::Failed { error }, false)
             }
             Some((_, Ok(bundle))) => {
                 store.install(&cert.name, bundle, OffsetDateTime::now_utc())?;
                 tracing::info!(certificate = %cert.name, serial = %bundle.info.serial, not_after = %rfc3339(bundle.info.not_after), "renewed and stored");
                 currents[i] = Some(bundle.clone());
-                (
-                    Issuance::Renewed {
-                        serial: bundle.info.serial.clone(),
-                        sha256: bundle.info.sha256.clone(),
-                        not_after: rfc3339(bundle.info.not_after),
-                    },
-                    true,
-                )
+                let renewed = Issuance::Renewed {
+                    serial: bundle.info.serial.clone(),
+                    sha256: bundle.info.sha256.clone(),
+                    not_after: rfc3339(bundle.info.not_after),
+                };
+                (renewed, true)
             }
         };
-        let targets = deploy_certificate(
-            &store,
-            cert,
-            currents[i].as_ref(),
-            DeployMode::Renew {
+        staged.push((i, cert, issuance, renewed));
+    }
+    let store = &store;
+    let currents = &currents;
+    let plans = &plans;
+    let reports: Vec<Result<CertReport, RunError>> = stream::iter(staged)
+        .map(|(i, cert, issuance, renewed)| async move {
+            let mode = DeployMode::Renew {
                 renewed,
                 force: opts.force,
-            },
-            &[],
-        )
-        .await?;
-        reports.push(CertReport {
-            name: cert.name.clone(),
-            domains: cert.domains.clone(),
-            due: plans[i].due.as_ref().map(|d| d.to_string()),
-            issuance,
-            targets,
-        });
-    }
+            };
+            let targets = deploy_certificate(store, cert, currents[i].as_ref(), mode, &[]).await?;
+            Ok(CertReport {
+                name: cert.name.clone(),
+                domains: cert.domains.clone(),
+                due: plans[i].due.as_ref().map(|d| d.to_string()),
+                issuance,
+                targets,
+            })
+        })
+        .buffered(CERT_CONCURRENCY)
+        .collect()
+        .await;
+    let reports = reports.into_iter().collect::<Result<Vec<_>, _>>()?;
     Ok(Report {
         dry_run: false,
         certificates: reports,
@@ -466,9 +468,17 @@ async fn one_target(
     if let Some(v) = &t.verify {
         let verdict = verify::verify(v, bundle).await;
         match &verdict {
-            Verdict::Current { .. } => {
+            Verdict::Current {
+                chain_complete: true,
+                ..
+            } => {
                 tracing::info!(certificate = %cert_name, target = %t.name, "verified: serves the current certificate")
             }
+            Verdict::Current { .. } => tracing::warn!(
+                certificate = %cert_name,
+                target = %t.name,
+                "serves the current certificate, but without its intermediates: clients that lack them will fail"
+            ),
             other => {
                 tracing::error!(certificate = %cert_name, target = %t.name, state = other.state(), problem = %other.problem().unwrap_or_default(), "verification failed")
             }

@@ -391,3 +391,94 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn sigterm_mid_order_removes_challenge_files_and_stores_nothing() {
+    let pebble = Pebble::start(PebbleOptions::default());
+    let nginx = Nginx::start();
+    let setup = Setup::new();
+    let webroot = setup.dir.path().join("webroot");
+    std::fs::create_dir(&webroot).unwrap();
+    // Pebble's validation connects here and gets no answer: the order hangs.
+    let black_hole = std::net::TcpListener::bind(("127.0.0.1", pebble.http_port())).unwrap();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in black_hole.incoming().take(8) {
+            conns.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let yaml = config(&pebble, &nginx, &setup, "").replace(
+        &format!("    listen: \"127.0.0.1:{}\"", pebble.http_port()),
+        &format!("    webroot: {}", webroot.display()),
+    );
+    setup.write_config(&yaml);
+    let child = certherd_cmd()
+        .arg("--config")
+        .arg(setup.config_path())
+        .arg("renew")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let challenges = webroot.join(".well-known/acme-challenge");
+    support::process::poll_until(
+        "a challenge file in the webroot",
+        Duration::from_secs(10),
+        || match std::fs::read_dir(&challenges).map(|d| d.count()) {
+            Ok(n) if n > 0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .unwrap();
+    // SAFETY: kill(2) on the pid of a child we spawned and have not waited for.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let start = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?} to stop",
+        start.elapsed()
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.lines().last().unwrap(),
+        "certherd: interrupted by SIGTERM; stopped before finishing"
+    );
+    let left: Vec<_> = std::fs::read_dir(&challenges).unwrap().collect();
+    assert!(left.is_empty(), "challenge files left: {left:?}");
+    assert_eq!(
+        status_json(&setup, &["--offline"])["certificates"][0]["serial"],
+        serde_json::Value::Null
+    );
+    assert_eq!(nginx.served_sha256().unwrap(), nginx.placeholder().sha256());
+    drop(held);
+}
+
+#[test]
+fn an_incomplete_served_chain_is_reported() {
+    let pebble = Pebble::start(PebbleOptions::default());
+    let nginx = Nginx::start();
+    let setup = Setup::new();
+    // `cert` is the leaf alone: nginx then serves no intermediate.
+    setup.write_config(&config(&pebble, &nginx, &setup, "").replacen(
+        "        fullchain: ",
+        "        cert: ",
+        1,
+    ));
+    let run = setup.run(&["renew"]);
+    run.assert_code(0);
+    let sha = stored_sha256(&setup);
+    assert!(
+        run.stdout
+            .contains(&format!("verified: serves {sha} (served chain INCOMPLETE)")),
+        "{}",
+        run.stdout
+    );
+    let status = status_json(&setup, &[]);
+    assert_eq!(
+        status["certificates"][0]["targets"][0]["chain_complete"],
+        false
+    );
+}

@@ -217,6 +217,114 @@ impl HttpClient for AcmeHttp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A loopback HTTP server answering request N with `answers[N]`
+    /// (status, Retry-After), the last answer repeating. Returns its URL and
+    /// the request counter.
+    async fn server(answers: Vec<(u16, Option<&'static str>)>) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/dir", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let counter = count.clone();
+        let answers = Arc::new(answers);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (counter, answers) = (counter.clone(), answers.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let n = counter.fetch_add(1, Ordering::SeqCst);
+                        let (status, retry_after) = answers[n.min(answers.len() - 1)];
+                        let mut rsp = hyper::Response::builder().status(status);
+                        if let Some(r) = retry_after {
+                            rsp = rsp.header("retry-after", r);
+                        }
+                        async move { rsp.body(Full::new(Bytes::from_static(b"{}"))) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        (url, count)
+    }
+
+    fn client() -> AcmeHttp {
+        let policy = RetryPolicy {
+            attempts: 4,
+            first_delay: Duration::from_millis(10),
+            max_wait: Duration::from_secs(2),
+        };
+        AcmeHttp::new(&[] as &[&Path], policy).unwrap()
+    }
+
+    async fn get(c: &AcmeHttp, url: &str) -> Result<u16, instant_acme::Error> {
+        let req = http::Request::get(url)
+            .body(BodyWrapper::from(Vec::new()))
+            .unwrap();
+        c.send(req).await.map(|r| r.parts.status.as_u16())
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_until_success() {
+        let (url, count) = server(vec![(503, Some("0")), (500, None), (200, None)]).await;
+        assert_eq!(get(&client(), &url).await.unwrap(), 200);
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn retries_are_bounded() {
+        let (url, count) = server(vec![(500, None)]).await;
+        assert_eq!(get(&client(), &url).await.unwrap(), 500);
+        assert_eq!(count.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_beyond_the_cap_is_not_waited_for() {
+        let (url, count) = server(vec![(429, Some("3600"))]).await;
+        let start = std::time::Instant::now();
+        assert_eq!(get(&client(), &url).await.unwrap(), 429);
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_honoured() {
+        let (url, count) = server(vec![(503, Some("1")), (200, None)]).await;
+        let start = std::time::Instant::now();
+        assert_eq!(get(&client(), &url).await.unwrap(), 200);
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+        assert!(start.elapsed() >= Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn client_errors_are_not_retried() {
+        let (url, count) = server(vec![(404, None), (200, None)]).await;
+        assert_eq!(get(&client(), &url).await.unwrap(), 404);
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn connection_refused_names_the_url_and_attempts() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/dir");
+        let err = get(&client(), &url).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("{url}: error sending request")),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("Connection refused (os error 111) (after 4 attempts)"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn retry_after_seconds_and_date() {

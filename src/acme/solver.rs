@@ -62,10 +62,33 @@ impl Drop for Responder {
 }
 
 /// Every solver of one run. Responders start on first use and stop when
-/// this is dropped.
+/// this is dropped; webroot files still present then (the run was
+/// interrupted) are removed.
 #[derive(Default)]
 pub struct Solvers {
     responders: tokio::sync::Mutex<HashMap<String, Responder>>,
+    webroot_files: Mutex<std::collections::HashSet<PathBuf>>,
+}
+
+impl Drop for Solvers {
+    fn drop(&mut self) {
+        let files = self
+            .webroot_files
+            .get_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        for p in files {
+            remove_challenge_file(&p);
+        }
+    }
+}
+
+fn remove_challenge_file(p: &Path) {
+    if let Err(e) = std::fs::remove_file(p) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %p.display(), error = %e, "could not remove http-01 challenge file");
+        }
+    }
 }
 
 impl Solvers {
@@ -94,12 +117,10 @@ impl Solvers {
                     source,
                 };
                 crate::store::fsutil::create_dir_all_mode(&dir, 0o755).map_err(err)?;
-                crate::store::fsutil::write_atomic(
-                    &dir.join(&ch.token),
-                    ch.key_authorization.as_bytes(),
-                    0o644,
-                )
-                .map_err(err)
+                let file = dir.join(&ch.token);
+                self.webroot_files.lock().unwrap().insert(file.clone());
+                crate::store::fsutil::write_atomic(&file, ch.key_authorization.as_bytes(), 0o644)
+                    .map_err(err)
             }
         }
     }
@@ -114,11 +135,8 @@ impl Solvers {
             }
             Solver::Http01Webroot { webroot } => {
                 let p = challenge_dir(webroot).join(&ch.token);
-                if let Err(e) = std::fs::remove_file(&p) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        tracing::warn!(path = %p.display(), error = %e, "could not remove http-01 challenge file");
-                    }
-                }
+                remove_challenge_file(&p);
+                self.webroot_files.lock().unwrap().remove(&p);
             }
         }
     }
