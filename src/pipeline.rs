@@ -29,6 +29,7 @@ use crate::verify::{self, Verdict};
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// Orders worked at once.
 const ORDER_CONCURRENCY: usize = 32;
+const NO_CERTIFICATE: &str = "no certificate yet: run `certherd renew` first";
 /// Certificates whose targets are worked at once.
 const CERT_CONCURRENCY: usize = 8;
 /// Targets deployed at once within a certificate.
@@ -350,12 +351,19 @@ async fn deploy_certificate(
         .filter(|t| only.is_empty() || only.contains(&t.name))
         .collect();
     let Some(bundle) = current else {
+        // `renew` already reports why there is none; `deploy` was asked for one.
+        let action = match mode {
+            DeployMode::Renew { .. } => TargetAction::NothingToDeploy,
+            DeployMode::Always => TargetAction::Failed {
+                error: NO_CERTIFICATE.to_string(),
+            },
+        };
         return Ok(targets
             .iter()
             .map(|t| TargetReport {
                 name: t.name.clone(),
                 kind: t.kind.type_name(),
-                action: TargetAction::NothingToDeploy,
+                action: action.clone(),
                 command: None,
                 reload: None,
                 verdict: None,
@@ -550,25 +558,34 @@ pub async fn verify_cmd(config: &Config, certs: &[String]) -> Result<Report, Run
     let mut reports = Vec::new();
     for cert in selected {
         let current = store.current(&cert.name)?;
-        let mut targets = Vec::new();
-        for t in cert.targets.iter().filter(|t| t.verify.is_some()) {
-            let verdict = match &current {
-                Some(b) => Some(verify::verify(t.verify.as_ref().expect("filtered"), b).await),
-                None => None,
-            };
-            targets.push(TargetReport {
-                name: t.name.clone(),
-                kind: t.kind.type_name(),
-                action: if current.is_some() {
-                    TargetAction::Checked
-                } else {
-                    TargetAction::NothingToDeploy
-                },
-                command: None,
-                reload: None,
-                verdict,
-            });
-        }
+        let current = current.as_ref();
+        let targets: Vec<TargetReport> =
+            stream::iter(cert.targets.iter().filter(|t| t.verify.is_some()))
+                .map(|t| async move {
+                    let (action, verdict) = match current {
+                        Some(b) => {
+                            let v = t.verify.as_ref().expect("filtered");
+                            (TargetAction::Checked, Some(verify::verify(v, b).await))
+                        }
+                        None => (
+                            TargetAction::Failed {
+                                error: NO_CERTIFICATE.to_string(),
+                            },
+                            None,
+                        ),
+                    };
+                    TargetReport {
+                        name: t.name.clone(),
+                        kind: t.kind.type_name(),
+                        action,
+                        command: None,
+                        reload: None,
+                        verdict,
+                    }
+                })
+                .buffered(TARGET_CONCURRENCY)
+                .collect()
+                .await;
         reports.push(CertReport {
             name: cert.name.clone(),
             domains: cert.domains.clone(),

@@ -116,7 +116,8 @@ pub async fn verify_within(cfg: &VerifyConfig, expected: &Bundle, total: Duratio
         let mut verdict = handshake(cfg, expected, per_try).await;
         if verdict.is_current() {
             // A server that was just reloaded can still hand a new connection
-            // to an old worker for a moment: confirm with a second handshake.
+            // to an old worker for a moment (nginx keeps them accepting for
+            // 100 ms): confirm with a second handshake after that.
             tokio::time::sleep(CONFIRM_AFTER).await;
             verdict = handshake(cfg, expected, per_try).await;
             if verdict.is_current() {
@@ -132,7 +133,7 @@ pub async fn verify_within(cfg: &VerifyConfig, expected: &Bundle, total: Duratio
 }
 
 /// The pause between the two handshakes that must both show the current certificate.
-const CONFIRM_AFTER: Duration = Duration::from_millis(100);
+const CONFIRM_AFTER: Duration = Duration::from_millis(250);
 
 async fn handshake(cfg: &VerifyConfig, expected: &Bundle, timeout: Duration) -> Verdict {
     match fetch_chain(&cfg.connect, &cfg.server_name, timeout).await {

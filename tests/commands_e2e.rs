@@ -139,9 +139,7 @@ fn verify_finds_a_stale_target_and_deploy_repairs_it() {
     let sha = stored_sha256(&setup);
 
     // Someone restores an old certificate and reloads.
-    nginx.install_cert(nginx.placeholder());
-    nginx.reload();
-    nginx.wait_until_serving(&nginx.placeholder().sha256(), Duration::from_secs(5));
+    restore_placeholder(&nginx);
 
     let verify = setup.run(&["verify"]);
     verify.assert_code(1);
@@ -195,9 +193,7 @@ fn a_target_that_lost_the_certificate_is_redeployed_by_renew() {
     setup.write_config(&config(&pebble, &nginx, &setup, ""));
     setup.run(&["renew"]).assert_code(0);
     let sha = stored_sha256(&setup);
-    nginx.install_cert(nginx.placeholder());
-    nginx.reload();
-    nginx.wait_until_serving(&nginx.placeholder().sha256(), Duration::from_secs(5));
+    restore_placeholder(&nginx);
 
     let run = setup.run(&["renew"]);
     run.assert_code(0);
@@ -481,4 +477,78 @@ fn an_incomplete_served_chain_is_reported() {
         status["certificates"][0]["targets"][0]["chain_complete"],
         false
     );
+}
+
+#[test]
+fn deploy_and_verify_without_a_certificate_fail_and_say_why() {
+    let pebble = Pebble::start(PebbleOptions::default());
+    let nginx = Nginx::start();
+    let setup = Setup::new();
+    setup.write_config(&config(&pebble, &nginx, &setup, ""));
+    for cmd in ["deploy", "verify"] {
+        let run = setup.run(&[cmd]);
+        run.assert_code(1);
+        assert_eq!(
+            run.stdout,
+            format!("site [{SITE}, www.{SITE}]: current certificate\n  web (file): FAILED: no certificate yet: run `certherd renew` first\n"),
+            "{cmd}"
+        );
+    }
+    assert_eq!(nginx.served_sha256().unwrap(), nginx.placeholder().sha256());
+}
+
+#[test]
+fn a_profile_the_ca_does_not_offer_is_an_error_not_ignored() {
+    let pebble = Pebble::start(PebbleOptions::default());
+    let nginx = Nginx::start();
+    let setup = Setup::new();
+    setup.write_config(&config(&pebble, &nginx, &setup, "").replace(
+        "  contact: [ops@certherd.test]\n",
+        "  contact: [ops@certherd.test]\n  profile: shortlived\n",
+    ));
+    let run = setup.run(&["renew"]);
+    run.assert_code(1);
+    assert!(run.stdout.contains(&format!(
+        "site [{SITE}, www.{SITE}]: renewal FAILED: the CA does not offer the profile \"shortlived\" set in acme.profile (it offers: none)"
+    )), "{}", run.stdout);
+}
+
+#[test]
+fn the_account_is_created_once_and_reused() {
+    let pebble = Pebble::start(PebbleOptions::default());
+    let nginx = Nginx::start();
+    let setup = Setup::new();
+    setup.write_config(&config(&pebble, &nginx, &setup, ""));
+    let first = setup.run(&["renew"]);
+    first.assert_code(0);
+    assert!(
+        first.stderr.contains("ACME account created and stored"),
+        "{}",
+        first.stderr
+    );
+    let account = walk(&setup.state_dir())
+        .into_iter()
+        .find(|p| p.ends_with("account.json"))
+        .unwrap();
+    assert_eq!(std::fs::metadata(&account).unwrap().mode() & 0o777, 0o600);
+    let before = std::fs::read(&account).unwrap();
+    let again = setup.run(&["renew", "--force"]);
+    again.assert_code(0);
+    assert!(
+        !again.stderr.contains("ACME account created"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(std::fs::read(&account).unwrap(), before);
+}
+
+/// Someone puts the old certificate back and reloads nginx. nginx lets the
+/// previous workers accept connections for about 100 ms after a reload:
+/// wait until only the new ones answer.
+fn restore_placeholder(nginx: &Nginx) {
+    nginx.install_cert(nginx.placeholder());
+    nginx.reload();
+    nginx.wait_until_serving(&nginx.placeholder().sha256(), Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    nginx.wait_until_serving(&nginx.placeholder().sha256(), Duration::from_secs(5));
 }

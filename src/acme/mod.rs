@@ -36,6 +36,14 @@ pub enum IssueError {
     Account { directory: String, cause: String },
     #[error("creating the order failed: {0}")]
     NewOrder(String),
+    #[error(
+        "the CA does not offer the profile {profile:?} set in acme.profile (it offers: {})",
+        if offered.is_empty() { "none".to_string() } else { offered.join(", ") }
+    )]
+    Profile {
+        profile: String,
+        offered: Vec<String>,
+    },
     #[error("fetching authorizations failed: {0}")]
     Authorization(String),
     #[error("the CA offers no {kind} challenge for {domain}")]
@@ -196,6 +204,14 @@ pub async fn new_order(account: &Account, req: &OrderRequest<'_>) -> Result<Orde
         .collect();
     let mut new = NewOrder::new(&identifiers);
     if let Some(p) = req.profile {
+        // A CA that does not know the profile may ignore it silently: check first.
+        let offered: Vec<&str> = account.profiles().map(|m| m.name).collect();
+        if !offered.contains(&p) {
+            return Err(IssueError::Profile {
+                profile: p.to_string(),
+                offered: offered.iter().map(|s| s.to_string()).collect(),
+            });
+        }
         new = new.profile(p);
     }
     nonce_retry!(account.new_order(&new)).map_err(|e| IssueError::NewOrder(describe(&e)))
