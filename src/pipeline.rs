@@ -152,13 +152,12 @@ pub async fn renew(config: &Config, opts: &RenewOptions) -> Result<Report, RunEr
                 force: opts.force,
             };
             let targets = deploy_certificate(store, cert, currents[i].as_ref(), mode, &[]).await?;
-            Ok(CertReport {
-                name: cert.name.clone(),
-                domains: cert.domains.clone(),
-                due: plans[i].due.as_ref().map(|d| d.to_string()),
+            Ok(CertReport::new(
+                cert,
+                plans[i].due.as_ref().map(|d| d.to_string()),
                 issuance,
                 targets,
-            })
+            ))
         })
         .buffered(CERT_CONCURRENCY)
         .collect()
@@ -302,26 +301,21 @@ async fn rehearse(
         let mut targets = Vec::new();
         for t in &cert.targets {
             let problems = deploy::preflight(t).await;
-            targets.push(TargetReport {
-                name: t.name.clone(),
-                kind: t.kind.type_name(),
-                action: if problems.is_empty() {
+            targets.push(TargetReport::new(
+                t,
+                if problems.is_empty() {
                     TargetAction::PreflightPassed
                 } else {
                     TargetAction::PreflightFailed { problems }
                 },
-                command: None,
-                reload: None,
-                verdict: None,
-            });
+            ));
         }
-        reports.push(CertReport {
-            name: cert.name.clone(),
-            domains: cert.domains.clone(),
-            due: plans[i].due.as_ref().map(|d| d.to_string()),
+        reports.push(CertReport::new(
+            cert,
+            plans[i].due.as_ref().map(|d| d.to_string()),
             issuance,
             targets,
-        });
+        ));
     }
     Ok(Report {
         dry_run: true,
@@ -360,14 +354,7 @@ async fn deploy_certificate(
         };
         return Ok(targets
             .iter()
-            .map(|t| TargetReport {
-                name: t.name.clone(),
-                kind: t.kind.type_name(),
-                action: action.clone(),
-                command: None,
-                reload: None,
-                verdict: None,
-            })
+            .map(|t| TargetReport::new(t, action.clone()))
             .collect());
     };
     let files = BundleFiles {
@@ -407,14 +394,7 @@ async fn one_target(
     previous: Option<TargetRecord>,
     mode: DeployMode,
 ) -> (TargetReport, Option<TargetRecord>) {
-    let mut report = TargetReport {
-        name: t.name.clone(),
-        kind: t.kind.type_name(),
-        action: TargetAction::Checked,
-        command: None,
-        reload: None,
-        verdict: None,
-    };
+    let mut report = TargetReport::new(t, TargetAction::Checked);
     let push = match mode {
         DeployMode::Always => true,
         DeployMode::Renew { renewed, force } => {
@@ -537,13 +517,7 @@ pub async fn deploy_cmd(
         let current = store.current(&cert.name)?;
         let targets =
             deploy_certificate(&store, cert, current.as_ref(), DeployMode::Always, targets).await?;
-        reports.push(CertReport {
-            name: cert.name.clone(),
-            domains: cert.domains.clone(),
-            due: None,
-            issuance: Issuance::NotAsked,
-            targets,
-        });
+        reports.push(CertReport::new(cert, None, Issuance::NotAsked, targets));
     }
     Ok(Report {
         dry_run: false,
@@ -575,24 +549,14 @@ pub async fn verify_cmd(config: &Config, certs: &[String]) -> Result<Report, Run
                         ),
                     };
                     TargetReport {
-                        name: t.name.clone(),
-                        kind: t.kind.type_name(),
-                        action,
-                        command: None,
-                        reload: None,
                         verdict,
+                        ..TargetReport::new(t, action)
                     }
                 })
                 .buffered(TARGET_CONCURRENCY)
                 .collect()
                 .await;
-        reports.push(CertReport {
-            name: cert.name.clone(),
-            domains: cert.domains.clone(),
-            due: None,
-            issuance: Issuance::NotAsked,
-            targets,
-        });
+        reports.push(CertReport::new(cert, None, Issuance::NotAsked, targets));
     }
     Ok(Report {
         dry_run: false,

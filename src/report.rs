@@ -81,6 +81,18 @@ pub enum TargetAction {
 }
 
 impl TargetReport {
+    /// A report for `target` with only its action known so far.
+    pub fn new(target: &crate::config::TargetConfig, action: TargetAction) -> TargetReport {
+        TargetReport {
+            name: target.name.clone(),
+            kind: target.kind.type_name(),
+            action,
+            command: None,
+            reload: None,
+            verdict: None,
+        }
+    }
+
     pub fn ok(&self) -> bool {
         let action_ok = !matches!(
             self.action,
@@ -91,6 +103,21 @@ impl TargetReport {
 }
 
 impl CertReport {
+    pub fn new(
+        cert: &crate::config::CertificateConfig,
+        due: Option<String>,
+        issuance: Issuance,
+        targets: Vec<TargetReport>,
+    ) -> CertReport {
+        CertReport {
+            name: cert.name.clone(),
+            domains: cert.domains.clone(),
+            due,
+            issuance,
+            targets,
+        }
+    }
+
     pub fn ok(&self) -> bool {
         !matches!(self.issuance, Issuance::Failed { .. })
             && self.targets.iter().all(TargetReport::ok)

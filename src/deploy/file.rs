@@ -7,7 +7,6 @@
 //! leaves every old file untouched, so a reload never pairs a new
 //! certificate with an old key.
 
-use std::ffi::CString;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -56,7 +55,7 @@ pub fn write(t: &FileTarget, b: &Bundle) -> Result<(), DeployError> {
         }
     };
     for (path, content, mode) in &files {
-        let result = stage(path, content.as_bytes(), *mode, uid, gid);
+        let result = fsutil::stage(path, content.as_bytes(), *mode, uid, gid);
         match result {
             Ok(tmp) => staged.push((tmp, path.clone())),
             Err(source) => {
@@ -78,40 +77,6 @@ pub fn write(t: &FileTarget, b: &Bundle) -> Result<(), DeployError> {
         }
     }
     Ok(())
-}
-
-/// Write a complete temp file next to `path` with its final mode and owner.
-fn stage(
-    path: &Path,
-    data: &[u8],
-    mode: u32,
-    uid: Option<u32>,
-    gid: Option<u32>,
-) -> std::io::Result<PathBuf> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let tmp = fsutil::temp_path(path)?;
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        if uid.is_some() || gid.is_some() {
-            std::os::unix::fs::fchown(&f, uid, gid)?;
-        }
-        f.write_all(data)?;
-        f.sync_all()
-    })();
-    match result {
-        Ok(()) => Ok(tmp),
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
 }
 
 pub fn preflight(t: &FileTarget) -> Vec<String> {
@@ -176,53 +141,106 @@ fn user_id(name: &str) -> Result<u32, DeployError> {
     if let Ok(n) = name.parse() {
         return Ok(n);
     }
-    let c = CString::new(name).map_err(|_| unknown("user", name))?;
-    let mut buf = vec![0u8; 16384];
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call; buf outlives it.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            c.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
-        return Err(unknown("user", name));
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        _ => Err(unknown("user", name)),
     }
-    Ok(pwd.pw_uid)
 }
 
 fn group_id(name: &str) -> Result<u32, DeployError> {
     if let Ok(n) = name.parse() {
         return Ok(n);
     }
-    let c = CString::new(name).map_err(|_| unknown("group", name))?;
-    let mut buf = vec![0u8; 16384];
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call; buf outlives it.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            c.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
-        return Err(unknown("group", name));
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        _ => Err(unknown("group", name)),
     }
-    Ok(grp.gr_gid)
 }
 
 fn unknown(what: &'static str, name: &str) -> DeployError {
     DeployError::UnknownOwner {
         what,
         name: name.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FileSet;
+
+    fn target(dir: &Path, key_dir: &Path) -> FileTarget {
+        FileTarget {
+            files: FileSet {
+                fullchain: Some(dir.join("site.pem")),
+                key: Some(key_dir.join("site.key")),
+                ..FileSet::default()
+            },
+            mode: 0o600,
+            owner: None,
+            group: None,
+        }
+    }
+
+    fn bundle() -> Bundle {
+        crate::store::tests::bundle(&["a.test"], time::OffsetDateTime::now_utc(), 90)
+    }
+
+    #[test]
+    fn writes_every_file_and_then_holds_the_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = target(dir.path(), dir.path());
+        let b = bundle();
+        assert!(!holds(&t, &b));
+        write(&t, &b).unwrap();
+        assert!(holds(&t, &b));
+        assert!(!holds(&t, &bundle()));
+    }
+
+    #[test]
+    fn one_unwritable_file_leaves_every_old_file_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = bundle();
+        write(&target(dir.path(), dir.path()), &old).unwrap();
+        // The key now goes to a directory that does not exist: the certificate
+        // must not change either, or the server would pair it with the old key.
+        let broken = target(dir.path(), &dir.path().join("missing"));
+        let err = write(&broken, &bundle()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "writing {}/missing/site.key: No such file or directory (os error 2)",
+                dir.path().display()
+            )
+        );
+        assert!(holds(&target(dir.path(), dir.path()), &old));
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "temp files left behind: {names:?}");
+    }
+
+    #[test]
+    fn an_unknown_owner_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = target(dir.path(), dir.path());
+        t.owner = Some("no-such-user-certherd".into());
+        t.group = Some("no-such-group-certherd".into());
+        assert_eq!(
+            write(&t, &bundle()).unwrap_err().to_string(),
+            "user \"no-such-user-certherd\" does not exist on this system"
+        );
+        assert_eq!(
+            preflight(&t),
+            vec![
+                "user \"no-such-user-certherd\" does not exist on this system".to_string(),
+                "group \"no-such-group-certherd\" does not exist on this system".to_string()
+            ]
+        );
+        assert!(
+            fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "nothing written"
+        );
     }
 }

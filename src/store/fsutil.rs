@@ -15,6 +15,20 @@ pub const TEMP_PREFIX: &str = ".certherd-tmp-";
 /// the temp file is created with it, so key material is never readable by
 /// others, not even for a moment).
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    let tmp = stage(path, data, mode, None, None)?;
+    rename_durable(&tmp, path)
+}
+
+/// Write `data` completely to a new temp file beside `path`, with its final
+/// `mode` (and owner, when given), fsynced; return the temp file's path for
+/// the caller to rename over `path`. Nothing is left behind on failure.
+pub fn stage(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> io::Result<PathBuf> {
     let tmp = temp_path(path)?;
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -25,15 +39,19 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
             .open(&tmp)?;
         // The umask may have removed bits from `mode`; set exactly what was asked.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::fchown(&f, uid, gid)?;
+        }
         f.write_all(data)?;
-        f.sync_all()?;
-        Ok(())
+        f.sync_all()
     })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    rename_durable(&tmp, path)
 }
 
 /// A temp file name next to `path`, unique in this process and across processes.
