@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use certherd::acme::solver::Solvers;
 use certherd::pipeline::{self, RenewOptions};
 
 #[derive(Parser)]
@@ -103,18 +104,28 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async move {
-        tokio::select! {
-            code = run(cli.command, config) => code,
-            signal = shutdown_signal() => {
-                // Dropping the command's future stops it between steps: a file
-                // write in progress finishes (the runtime waits for it), challenge
-                // files are removed, nothing is half-written.
-                eprintln!("certherd: interrupted by {signal}; stopped before finishing");
-                ExitCode::from(1)
-            }
+        let solvers = Solvers::new();
+        let signal = tokio::select! {
+            code = run(cli.command, &config, &solvers) => return code,
+            signal = shutdown_signal() => signal,
+        };
+        // The command's future is dropped: it stops between steps. A file write
+        // in progress finishes (the runtime waits for it); whatever challenge is
+        // still presented (DNS records, webroot files) is removed now.
+        eprintln!("certherd: interrupted by {signal}; cleaning up");
+        if tokio::time::timeout(CLEANUP_LIMIT, solvers.cleanup_all())
+            .await
+            .is_err()
+        {
+            eprintln!("certherd: cleanup did not finish within {CLEANUP_LIMIT:?}");
         }
+        eprintln!("certherd: interrupted by {signal}; stopped before finishing");
+        ExitCode::from(1)
     })
 }
+
+/// How long an interrupted run may spend removing its challenges.
+const CLEANUP_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// SIGINT or SIGTERM, whichever comes first.
 async fn shutdown_signal() -> &'static str {
@@ -127,7 +138,7 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-async fn run(command: Command, config: certherd::config::Config) -> ExitCode {
+async fn run(command: Command, config: &certherd::config::Config, solvers: &Solvers) -> ExitCode {
     {
         let outcome = match command {
             Command::Check => unreachable!("handled above"),
@@ -136,22 +147,23 @@ async fn run(command: Command, config: certherd::config::Config) -> ExitCode {
                 force,
                 certs,
             } => pipeline::renew(
-                &config,
+                config,
                 &RenewOptions {
                     dry_run,
                     force,
                     certs,
                 },
+                solvers,
             )
             .await
             .map(Done::Report),
-            Command::Deploy { certs, targets } => pipeline::deploy_cmd(&config, &certs, &targets)
+            Command::Deploy { certs, targets } => pipeline::deploy_cmd(config, &certs, &targets)
                 .await
                 .map(Done::Report),
-            Command::Verify { certs } => pipeline::verify_cmd(&config, &certs)
-                .await
-                .map(Done::Report),
-            Command::Status { json, offline } => pipeline::status(&config, offline)
+            Command::Verify { certs } => {
+                pipeline::verify_cmd(config, &certs).await.map(Done::Report)
+            }
+            Command::Status { json, offline } => pipeline::status(config, offline)
                 .await
                 .map(|s| Done::Status(s, json)),
             Command::Run => {

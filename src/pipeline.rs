@@ -8,6 +8,7 @@
 //! certificate stays in place in the store and on every target. One
 //! target failing is a result in the report, never an early return.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,10 +82,17 @@ fn select<'c>(
 }
 
 /// `renew`: plan, issue what is due, store, deploy, verify.
-pub async fn renew(config: &Config, opts: &RenewOptions) -> Result<Report, RunError> {
+///
+/// `solvers` outlives the run so that an interrupted run's challenges can
+/// still be cleaned up ([`Solvers::cleanup_all`]).
+pub async fn renew(
+    config: &Config,
+    opts: &RenewOptions,
+    solvers: &Solvers,
+) -> Result<Report, RunError> {
     let selected = select(config, &opts.certs)?;
     if opts.dry_run {
-        return rehearse(config, &selected, opts.force).await;
+        return rehearse(config, &selected, opts.force, solvers).await;
     }
     let store = Store::open(&config.state_dir, &config.acme.directory, LOCK_WAIT)?;
     let now = OffsetDateTime::now_utc();
@@ -116,7 +124,7 @@ pub async fn renew(config: &Config, opts: &RenewOptions) -> Result<Report, RunEr
         .filter(|(i, _)| plans[*i].due.is_some())
         .map(|(i, cert)| (i, order_request(config, cert, currents[i].as_ref())))
         .collect();
-    let issued = issue_all(config, &config.acme.directory, Some(&store), &due).await?;
+    let issued = issue_all(config, &config.acme.directory, Some(&store), &due, solvers).await?;
 
     // Store what was issued, then bring every certificate's targets to it.
     let mut staged = Vec::new();
@@ -194,6 +202,7 @@ async fn issue_all(
     directory: &str,
     store: Option<&Store>,
     due: &[(usize, OrderRequest<'_>)],
+    solvers: &Solvers,
 ) -> Result<Vec<(usize, Result<Bundle, IssueError>)>, RunError> {
     if due.is_empty() {
         return Ok(Vec::new());
@@ -234,7 +243,6 @@ async fn issue_all(
                 .collect());
         }
     };
-    let solvers = Solvers::new();
     // Phase one: create every order. Phase two: work them all.
     let orders: Vec<_> = stream::iter(due.iter())
         .map(|(i, req)| {
@@ -246,7 +254,7 @@ async fn issue_all(
         .await;
     let results = stream::iter(orders)
         .map(|(i, req, order)| {
-            let (account, solvers) = (&account, &solvers);
+            let account = &account;
             async move {
                 let result = match order {
                     Ok(mut order) => acme::complete_order(account, &mut order, req, solvers).await,
@@ -268,12 +276,27 @@ async fn rehearse(
     config: &Config,
     selected: &[&CertificateConfig],
     force: bool,
+    solvers: &Solvers,
 ) -> Result<Report, RunError> {
     let store = Store::open_readonly(&config.state_dir, &config.acme.directory);
     let now = OffsetDateTime::now_utc();
     let directory = &config.acme.dry_run_directory;
+    // Every solver a selected certificate uses is preflighted before any
+    // order starts (a built-in listener then proves it can bind its port).
+    let mut solver_problems: BTreeMap<&str, String> = BTreeMap::new();
+    for name in selected.iter().flat_map(|c| c.challenge.solver_names()) {
+        if solver_problems.contains_key(name) {
+            continue;
+        }
+        let problem = match config.challenges.get(name) {
+            Some(s) => solvers.preflight(s).await.err().map(|e| e.to_string()),
+            None => Some("not defined".to_string()),
+        };
+        solver_problems.insert(name, problem.unwrap_or_default());
+    }
     let mut plans: Vec<CertPlan> = Vec::new();
     let mut due = Vec::new();
+    let mut failed_preflight = Vec::new();
     for (i, cert) in selected.iter().enumerate() {
         let current = store.current(&cert.name)?;
         plans.push(plan::plan_certificate(
@@ -282,9 +305,19 @@ async fn rehearse(
             now,
             force,
         ));
-        due.push((i, order_request(config, cert, current.as_ref())));
+        let problems: Vec<String> = cert
+            .challenge
+            .solver_names()
+            .filter(|n| !solver_problems[n].is_empty())
+            .map(|n| format!("challenge {n:?}: {}", solver_problems[n]))
+            .collect();
+        if problems.is_empty() {
+            due.push((i, order_request(config, cert, current.as_ref())));
+        } else {
+            failed_preflight.push((i, problems.join("; ")));
+        }
     }
-    let issued = issue_all(config, directory, None, &due).await?;
+    let issued = issue_all(config, directory, None, &due, solvers).await?;
 
     let mut reports = Vec::new();
     for (i, cert) in selected.iter().enumerate() {
@@ -296,7 +329,15 @@ async fn rehearse(
             Some((_, Err(e))) => Issuance::Failed {
                 error: format!("test order against {directory}: {e}"),
             },
-            None => unreachable!("every selected certificate is rehearsed"),
+            None => {
+                let (_, problems) = failed_preflight
+                    .iter()
+                    .find(|(j, _)| *j == i)
+                    .expect("preflight failed");
+                Issuance::Failed {
+                    error: format!("solver preflight: {problems}"),
+                }
+            }
         };
         let mut targets = Vec::new();
         for t in &cert.targets {

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use certherd::config::{
-    load, load_str, ChallengeChoice, CommandSpec, ExecTarget, FileSet, FileTarget, KeyType,
-    RenewalPolicy, Solver, TargetConfig, TargetKind, Threshold, VerifyConfig,
+    load, load_str, ChallengeChoice, CommandSpec, Dns01, DnsBackend, DnsExec, ExecTarget, FileSet,
+    FileTarget, KeyType, RenewalPolicy, Rfc2136, Solver, TargetConfig, TargetKind, Threshold, Tsig,
+    TsigAlgorithm, VerifyConfig,
 };
 
 const PATH: &str = "/etc/certherd/certherd.yaml";
@@ -507,7 +508,7 @@ challenges:
     listen: \"[::]:80\"
   bind:
     type: dns-01
-    rfc2136: { server: 192.0.2.53:53 }
+    rfc2136: { server: \"192.0.2.53:53\", tsig: { name: certherd., secret: { env: EAB_HMAC_KEY } } }
   alpn:
     type: tls-alpn-01
     listen: \"[::]:443\"
@@ -535,10 +536,6 @@ certificates:
              certherd yet",
             "/etc/certherd/certherd.yaml:5:1: `notify` is not supported by this version of \
              certherd yet",
-            "/etc/certherd/certherd.yaml:13:11: challenge type `dns-01` is not supported by this \
-             version of certherd yet",
-            "/etc/certherd/certherd.yaml:16:11: challenge type `tls-alpn-01` is not supported by \
-             this version of certherd yet",
             "/etc/certherd/certherd.yaml:24:15: target type `ssh` is not supported by this \
              version of certherd yet",
             "/etc/certherd/certherd.yaml:27:15: target type `webhook` is not supported by this \
@@ -1066,4 +1063,142 @@ acme:
     let shown = format!("{err} {err:?}");
     assert_eq!(err.errors.len(), 2, "{shown}");
     assert!(!shown.contains(EAB_SECRET), "{shown}");
+}
+
+#[test]
+fn dns01_and_tls_alpn01_solvers_load() {
+    let src = "\
+acme:
+  directory: letsencrypt
+challenges:
+  bind:
+    type: dns-01
+    rfc2136:
+      server: \"192.0.2.53:53\"
+      zone: Example.COM
+      tsig: { name: certherd, algorithm: hmac-sha512, secret: { env: EAB_HMAC_KEY } }
+    propagation_timeout: 90s
+  hook:
+    type: dns-01
+    exec:
+      add: [bin/dns-add, --verbose]
+      remove: [/usr/local/bin/dns-remove]
+      timeout: 20s
+    resolver: \"127.0.0.53:53\"
+  alpn:
+    type: tls-alpn-01
+    listen: \"[::]:443\"
+certificates:
+  example:
+    domains: [example.com, \"*.example.com\", www.example.com]
+    challenge: { \"*.example.com\": bind, example.com: hook, \"*\": alpn }
+";
+    let config = load_str(src, Path::new(PATH), &fake_env).expect("valid");
+    let bind = &config.challenges["bind"];
+    let Solver::Dns01(Dns01 {
+        backend: DnsBackend::Rfc2136(Rfc2136 { server, zone, tsig }),
+        propagation_timeout,
+        resolver,
+    }) = bind
+    else {
+        panic!("{bind:?}")
+    };
+    assert_eq!(server, "192.0.2.53:53");
+    assert_eq!(zone.as_deref(), Some("example.com."));
+    let Tsig {
+        name,
+        algorithm,
+        secret,
+    } = tsig;
+    assert_eq!(
+        (name.as_str(), *algorithm, secret.expose()),
+        ("certherd.", TsigAlgorithm::HmacSha512, EAB_SECRET)
+    );
+    assert_eq!(
+        (*propagation_timeout, resolver.as_deref()),
+        (Duration::from_secs(90), None)
+    );
+    assert_eq!(
+        config.challenges["hook"],
+        Solver::Dns01(Dns01 {
+            backend: DnsBackend::Exec(DnsExec {
+                add: CommandSpec {
+                    argv: vec!["/etc/certherd/bin/dns-add".into(), "--verbose".into()],
+                    timeout: Duration::from_secs(20)
+                },
+                remove: CommandSpec {
+                    argv: vec!["/usr/local/bin/dns-remove".into()],
+                    timeout: Duration::from_secs(20)
+                },
+            }),
+            propagation_timeout: Duration::from_secs(120),
+            resolver: Some("127.0.0.53:53".into()),
+        })
+    );
+    assert_eq!(
+        config.challenges["alpn"],
+        Solver::TlsAlpn01 {
+            listen: "[::]:443".into()
+        }
+    );
+    let c = &config.certificates[0];
+    assert_eq!(c.challenge.solver_for("*.example.com"), Some("bind"));
+    assert_eq!(c.challenge.solver_for("example.com"), Some("hook"));
+    assert_eq!(c.challenge.solver_for("www.example.com"), Some("alpn"));
+}
+
+#[test]
+fn dns01_mistakes_are_positioned() {
+    let src = "\
+acme:
+  directory: letsencrypt
+challenges:
+  a:
+    type: dns-01
+  b:
+    type: dns-01
+    rfc2136: { server: \"192.0.2.53\", tsig: { name: certherd., algorithm: hmac-md5, secret: { env: NOT_BASE64 } } }
+    exec: { add: [x], remove: [y] }
+  c:
+    type: dns-01
+    rfc2136: { server: \"ns.example.com:53\", zone: \"*.example.com\", tsig: { name: k., secret: inline } }
+    propagation_timeout: 0s
+  d:
+    type: dns-01
+    exec: { add: [], remove: [y], retries: 3 }
+  e:
+    type: tls-alpn-01
+    listen: \"localhost:443\"
+certificates:
+  example:
+    domains: [\"*.example.com\"]
+    challenge: e
+";
+    let env = |name: &str| match name {
+        "NOT_BASE64" => Some("not base64 at all!".to_string()),
+        _ => None,
+    };
+    let errors: Vec<String> = load_str(src, Path::new(PATH), &env)
+        .unwrap_err()
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "/etc/certherd/certherd.yaml:5:5: challenge \"a\" needs a backend: `rfc2136` (DNS UPDATE with TSIG) or `exec` (programs that add and remove a TXT record)",
+            "/etc/certherd/certherd.yaml:7:5: challenge \"b\" sets both `rfc2136` and `exec`: a dns-01 solver uses one backend",
+            "/etc/certherd/certherd.yaml:8:24: `server` must be a host and port, like \"192.0.2.53:53\", not \"192.0.2.53\"",
+            "/etc/certherd/certherd.yaml:8:74: `algorithm` must be one of: hmac-sha256, hmac-sha384, hmac-sha512, not \"hmac-md5\"",
+            "/etc/certherd/certherd.yaml:8:92: the TSIG secret from env NOT_BASE64 is not base64 (as `tsig-keygen` prints it)",
+            "/etc/certherd/certherd.yaml:12:51: `zone` must be a DNS name, like \"example.com.\", not \"*.example.com\"",
+            "/etc/certherd/certherd.yaml:12:94: `secret` is a secret and is never written inline: use { env: NAME } or { file: PATH }",
+            "/etc/certherd/certherd.yaml:13:26: `propagation_timeout` must be longer than 0s",
+            "/etc/certherd/certherd.yaml:16:18: `add` is empty: give the program and its arguments, like [systemctl, reload, nginx]",
+            "/etc/certherd/certherd.yaml:16:35: unknown key `retries` in `exec` (expected one of: add, remove, timeout)",
+            "/etc/certherd/certherd.yaml:19:13: `listen` must be an IP address and port, like \"[::]:443\", not \"localhost:443\"",
+            "/etc/certherd/certherd.yaml:22:15: \"*.example.com\" is a wildcard and needs a dns-01 solver, but challenge \"e\" is tls-alpn-01",
+        ]
+    );
 }

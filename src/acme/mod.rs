@@ -297,7 +297,8 @@ async fn solve<'s>(
     presented: &mut Vec<(&'s Solver, ChallengeData)>,
     deadline: Instant,
 ) -> Result<(), IssueError> {
-    // Present every pending challenge, then tell the CA each one is ready.
+    // Present every pending challenge first: dns-01 publishes all its records
+    // (an apex and its wildcard share one name) and waits for them together.
     let mut auths = order.authorizations();
     while let Some(authz) = auths.next().await {
         let mut authz = authz.map_err(|e| IssueError::Authorization(describe(&e)))?;
@@ -311,32 +312,40 @@ async fn solve<'s>(
                 )))
             }
         }
-        let name = req
-            .cert
-            .challenge
-            .solver_for(&domain)
-            .ok_or_else(|| IssueError::NoSolver {
-                domain: domain.clone(),
-            })?;
-        let solver = req.solvers.get(name).ok_or_else(|| IssueError::NoSolver {
+        let solver = solver_for(req, &domain)?;
+        let (kind, ctype) = challenge_type(solver);
+        let challenge = authz.challenge(ctype).ok_or(IssueError::NoChallenge {
+            kind,
             domain: domain.clone(),
         })?;
-        let (kind, ctype) = match solver {
-            Solver::Http01Listen { .. } | Solver::Http01Webroot { .. } => {
-                ("http-01", ChallengeType::Http01)
-            }
+        let ka = challenge.key_authorization();
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(ka.digest().as_ref());
+        let data = ChallengeData {
+            domain: domain.clone(),
+            token: challenge.token.clone(),
+            key_authorization: ka.as_str().to_string(),
+            dns_value: ka.dns_value(),
+            digest,
         };
+        solvers.present(solver, &data).await?;
+        presented.push((solver, data));
+    }
+    solvers.wait_ready(presented).await?;
+
+    // Then tell the CA, challenge by challenge (the states are cached: no refetch).
+    let mut auths = order.authorizations();
+    while let Some(authz) = auths.next().await {
+        let mut authz = authz.map_err(|e| IssueError::Authorization(describe(&e)))?;
+        if authz.status != AuthorizationStatus::Pending {
+            continue;
+        }
+        let domain = authz.identifier().to_string();
+        let (kind, ctype) = challenge_type(solver_for(req, &domain)?);
         let mut challenge = authz.challenge(ctype).ok_or(IssueError::NoChallenge {
             kind,
             domain: domain.clone(),
         })?;
-        let data = ChallengeData {
-            domain: domain.clone(),
-            token: challenge.token.clone(),
-            key_authorization: challenge.key_authorization().as_str().to_string(),
-        };
-        solvers.present(solver, &data).await?;
-        presented.push((solver, data));
         nonce_retry!(challenge.set_ready()).map_err(|e| IssueError::Challenge {
             kind,
             domain: domain.clone(),
@@ -365,6 +374,28 @@ async fn solve<'s>(
         }
         backoff.wait().await;
     }
+}
+
+/// The solver configured for one identifier of the order.
+fn solver_for<'s>(req: &OrderRequest<'s>, domain: &str) -> Result<&'s Solver, IssueError> {
+    let no_solver = || IssueError::NoSolver {
+        domain: domain.to_string(),
+    };
+    let name = req
+        .cert
+        .challenge
+        .solver_for(domain)
+        .ok_or_else(no_solver)?;
+    req.solvers.get(name).ok_or_else(no_solver)
+}
+
+fn challenge_type(solver: &Solver) -> (&'static str, ChallengeType) {
+    let ctype = match solver {
+        Solver::Http01Listen { .. } | Solver::Http01Webroot { .. } => ChallengeType::Http01,
+        Solver::Dns01(_) => ChallengeType::Dns01,
+        Solver::TlsAlpn01 { .. } => ChallengeType::TlsAlpn01,
+    };
+    (solver.challenge_type(), ctype)
 }
 
 /// When an order went invalid, find the challenge that failed and say why

@@ -111,14 +111,105 @@ pub enum Solver {
     Http01Listen { listen: String },
     /// http-01 by writing files under `<webroot>/.well-known/acme-challenge/`.
     Http01Webroot { webroot: PathBuf },
+    /// dns-01 (RFC 8555 §8.4): a TXT record at `_acme-challenge.<domain>`,
+    /// published through a backend, waited for on every authoritative server.
+    Dns01(Dns01),
+    /// tls-alpn-01 (RFC 8737) through the built-in listener on this address.
+    TlsAlpn01 { listen: String },
 }
 
 impl Solver {
     pub fn challenge_type(&self) -> &'static str {
         match self {
             Solver::Http01Listen { .. } | Solver::Http01Webroot { .. } => "http-01",
+            Solver::Dns01(_) => "dns-01",
+            Solver::TlsAlpn01 { .. } => "tls-alpn-01",
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dns01 {
+    pub backend: DnsBackend,
+    /// How long to wait until every authoritative server answers the records.
+    pub propagation_timeout: Duration,
+    /// The DNS server asked for the zone's NS set and for CNAMEs at
+    /// `_acme-challenge` names: the rfc2136 server by default; for `exec`,
+    /// `resolver:` or else the first `nameserver` of /etc/resolv.conf.
+    pub resolver: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DnsBackend {
+    Rfc2136(Rfc2136),
+    Exec(DnsExec),
+}
+
+/// DNS UPDATE (RFC 2136) signed with TSIG (RFC 8945).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rfc2136 {
+    /// `host:port` of the primary server taking updates.
+    pub server: String,
+    /// The zone to update, absolute (`example.com.`); found from the SOA when `None`.
+    pub zone: Option<String>,
+    pub tsig: Tsig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tsig {
+    /// The key's name, absolute (`certherd.`).
+    pub name: String,
+    pub algorithm: TsigAlgorithm,
+    /// The base64 key, as BIND's `tsig-keygen` prints it.
+    pub secret: Secret,
+}
+
+impl Tsig {
+    /// The key's bytes (validation has checked that they decode).
+    pub fn key(&self) -> Vec<u8> {
+        Tsig::decode(&self.secret).unwrap_or_default()
+    }
+
+    /// A TSIG secret is base64, with or without padding.
+    pub fn decode(secret: &Secret) -> Option<Vec<u8>> {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(secret.expose().trim_end_matches('='))
+            .ok()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsigAlgorithm {
+    HmacSha256,
+    HmacSha384,
+    HmacSha512,
+}
+
+impl TsigAlgorithm {
+    pub const ALL: [TsigAlgorithm; 3] = [
+        TsigAlgorithm::HmacSha256,
+        TsigAlgorithm::HmacSha384,
+        TsigAlgorithm::HmacSha512,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TsigAlgorithm::HmacSha256 => "hmac-sha256",
+            TsigAlgorithm::HmacSha384 => "hmac-sha384",
+            TsigAlgorithm::HmacSha512 => "hmac-sha512",
+        }
+    }
+    pub fn parse(s: &str) -> Option<TsigAlgorithm> {
+        TsigAlgorithm::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+/// Any DNS API through two programs. Each gets `CERTHERD_DNS_FQDN`,
+/// `CERTHERD_DNS_VALUE` and `CERTHERD_DNS_ZONE`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsExec {
+    pub add: CommandSpec,
+    pub remove: CommandSpec,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -170,6 +261,23 @@ pub enum ChallengeChoice {
 }
 
 impl ChallengeChoice {
+    /// Every solver name this choice uses, each once, in order.
+    pub fn solver_names(&self) -> impl Iterator<Item = &str> {
+        let names: Vec<&str> = match self {
+            ChallengeChoice::All(s) => vec![s.as_str()],
+            ChallengeChoice::ByPattern(list) => {
+                let mut v: Vec<&str> = Vec::new();
+                for (_, s) in list {
+                    if !v.contains(&s.as_str()) {
+                        v.push(s);
+                    }
+                }
+                v
+            }
+        };
+        names.into_iter()
+    }
+
     /// The solver name for a domain of the certificate, if any pattern matches.
     pub fn solver_for(&self, domain: &str) -> Option<&str> {
         match self {

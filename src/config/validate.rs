@@ -11,8 +11,8 @@ use super::targets;
 use super::values;
 use super::yaml::{self, named_entries, peek, Map, Node, Value};
 use super::{
-    AcmeConfig, CertificateConfig, ChallengeChoice, Config, Diag, Eab, KeyType, RenewalPolicy,
-    Solver, Threshold,
+    AcmeConfig, CertificateConfig, ChallengeChoice, CommandSpec, Config, Diag, Dns01, DnsBackend,
+    DnsExec, Eab, KeyType, RenewalPolicy, Rfc2136, Solver, Threshold, Tsig, TsigAlgorithm,
 };
 
 const TOP_KEYS: &[&str] = &["state_dir", "acme", "renewal", "challenges", "certificates"];
@@ -27,6 +27,13 @@ const ACME_KEYS: &[&str] = &[
 ];
 const RENEWAL_KEYS: &[&str] = &["before_expiry", "ari", "check_interval", "jitter"];
 const HTTP01_KEYS: &[&str] = &["type", "listen", "webroot"];
+const DNS01_KEYS: &[&str] = &["type", "rfc2136", "exec", "propagation_timeout", "resolver"];
+const RFC2136_KEYS: &[&str] = &["server", "zone", "tsig"];
+const TSIG_KEYS: &[&str] = &["name", "algorithm", "secret"];
+const DNS_EXEC_KEYS: &[&str] = &["add", "remove", "timeout"];
+const TLS_ALPN01_KEYS: &[&str] = &["type", "listen"];
+const DEFAULT_PROPAGATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+const DEFAULT_DNS_EXEC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 const CHALLENGE_TYPES: &[&str] = &["http-01", "dns-01", "tls-alpn-01"];
 const CERT_KEYS: &[&str] = &[
     "domains",
@@ -83,7 +90,7 @@ pub(super) fn config(
         None => RenewalPolicy::default(),
     };
     let solvers = match top.require("challenges", d) {
-        Some(n) => solvers(n, base, d),
+        Some(n) => solvers(n, base, env, d),
         None => Solvers {
             types: None,
             valid: BTreeMap::new(),
@@ -219,7 +226,12 @@ fn threshold(node: &Node, d: &mut Diag) -> Option<Threshold> {
     parsed
 }
 
-fn solvers(node: &Node, base: &Path, d: &mut Diag) -> Solvers {
+fn solvers(
+    node: &Node,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    d: &mut Diag,
+) -> Solvers {
     let mut types = HashMap::new();
     let mut valid = BTreeMap::new();
     if !matches!(node.value, Value::Map(_)) {
@@ -230,7 +242,7 @@ fn solvers(node: &Node, base: &Path, d: &mut Diag) -> Solvers {
         return Solvers { types: None, valid };
     }
     for (name, _, body) in named_entries(node, "`challenges`", "challenge", d) {
-        let (ty, solver) = solver(name, body, base, d);
+        let (ty, solver) = solver(name, body, base, env, d);
         types.insert(name.to_string(), ty);
         if let Some(s) = solver {
             valid.insert(name.to_string(), s);
@@ -247,6 +259,7 @@ fn solver(
     name: &str,
     node: &Node,
     base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
     d: &mut Diag,
 ) -> (Option<&'static str>, Option<Solver>) {
     let what = format!("challenge \"{name}\"");
@@ -267,17 +280,10 @@ fn solver(
         Some(t) => CHALLENGE_TYPES.iter().copied().find(|c| *c == t),
         None => None,
     };
-    match ty {
-        Some("http-01") => {}
-        Some(other) => {
-            d.at(
-                ty_node.pos,
-                format!(
-                    "challenge type `{other}` is not supported by this version of certherd yet"
-                ),
-            );
-            return (Some(other), None);
-        }
+    let solver = match ty {
+        Some("http-01") => http01(&what, node, base, d),
+        Some("dns-01") => dns01(&what, node, base, env, d),
+        Some(_) => tls_alpn01(&what, node, d),
         None => {
             d.at(
                 ty_node.pos,
@@ -287,31 +293,34 @@ fn solver(
                     ty_node.describe()
                 ),
             );
-            return (None, None);
+            None
         }
-    }
-    let ty = Some("http-01");
-    let Some(m) = Map::open(node, &what, HTTP01_KEYS, &[], d) else {
-        return (ty, None);
     };
-    let solver = match (m.get("listen"), m.get("webroot")) {
-        (Some(n), None) => {
-            let listen = yaml::string(n, "`listen`", d).filter(|s| {
-                let ok = values::is_listen_addr(s);
-                if !ok {
-                    d.at(
-                        n.pos,
-                        format!(
-                            "`listen` must be an IP address and port, like \"[::]:80\" or \
-                             \"127.0.0.1:5002\", not {}",
-                            n.describe()
-                        ),
-                    );
-                }
-                ok
-            });
-            listen.map(|listen| Solver::Http01Listen { listen })
+    (ty, solver)
+}
+
+/// `listen` of a built-in listener: an IP address and port.
+fn listen(n: &Node, example: &str, d: &mut Diag) -> Option<String> {
+    yaml::string(n, "`listen`", d).filter(|s| {
+        let ok = values::is_listen_addr(s);
+        if !ok {
+            d.at(
+                n.pos,
+                format!(
+                    "`listen` must be an IP address and port, like {example}, not {}",
+                    n.describe()
+                ),
+            );
         }
+        ok
+    })
+}
+
+fn http01(what: &str, node: &Node, base: &Path, d: &mut Diag) -> Option<Solver> {
+    let m = Map::open(node, what, HTTP01_KEYS, &[], d)?;
+    match (m.get("listen"), m.get("webroot")) {
+        (Some(n), None) => listen(n, "\"[::]:80\" or \"127.0.0.1:5002\"", d)
+            .map(|listen| Solver::Http01Listen { listen }),
         (None, Some(n)) => {
             values::path(n, "`webroot`", base, d).map(|webroot| Solver::Http01Webroot { webroot })
         }
@@ -334,8 +343,187 @@ fn solver(
             );
             None
         }
+    }
+}
+
+fn tls_alpn01(what: &str, node: &Node, d: &mut Diag) -> Option<Solver> {
+    let m = Map::open(node, what, TLS_ALPN01_KEYS, &[], d)?;
+    let n = m.require("listen", d)?;
+    listen(n, "\"[::]:443\"", d).map(|listen| Solver::TlsAlpn01 { listen })
+}
+
+/// A DNS server's `host:port`.
+fn dns_server(n: &Node, label: &str, d: &mut Diag) -> Option<String> {
+    yaml::string(n, label, d).filter(|s| {
+        let ok = values::is_host_port(s);
+        if !ok {
+            d.at(
+                n.pos,
+                format!(
+                    "{label} must be a host and port, like \"192.0.2.53:53\", not {}",
+                    n.describe()
+                ),
+            );
+        }
+        ok
+    })
+}
+
+/// An absolute DNS name (`example.com.`); the trailing dot is added.
+fn dns_name(n: &Node, label: &str, d: &mut Diag) -> Option<String> {
+    let s = yaml::nonempty_string(n, label, d)?;
+    let bare = s.strip_suffix('.').unwrap_or(&s);
+    match values::domain(bare) {
+        Ok(name) if !name.starts_with('*') => Some(format!("{name}.")),
+        _ => {
+            d.at(
+                n.pos,
+                format!(
+                    "{label} must be a DNS name, like \"example.com.\", not {}",
+                    n.describe()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn dns01(
+    what: &str,
+    node: &Node,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    d: &mut Diag,
+) -> Option<Solver> {
+    let m = Map::open(node, what, DNS01_KEYS, &[], d)?;
+    let propagation_timeout = match m.get("propagation_timeout") {
+        Some(n) => values::duration(n, "`propagation_timeout`", true, d),
+        None => Some(DEFAULT_PROPAGATION_TIMEOUT),
     };
-    (ty, solver)
+    let resolver = m.get("resolver").map(|n| dns_server(n, "`resolver`", d));
+    // Both backends are read even when both are set, so that every mistake is reported.
+    let rfc = m.get("rfc2136").map(|n| rfc2136(n, base, env, d));
+    let exec = m.get("exec").map(|n| dns_exec(n, base, d));
+    let backend = match (rfc, exec) {
+        (Some(r), None) => r.map(DnsBackend::Rfc2136),
+        (None, Some(e)) => e.map(DnsBackend::Exec),
+        (Some(_), Some(_)) => {
+            d.at(
+                m.pos(),
+                format!("{what} sets both `rfc2136` and `exec`: a dns-01 solver uses one backend"),
+            );
+            None
+        }
+        (None, None) => {
+            d.at(
+                m.pos(),
+                format!(
+                    "{what} needs a backend: `rfc2136` (DNS UPDATE with TSIG) or `exec` \
+                     (programs that add and remove a TXT record)"
+                ),
+            );
+            None
+        }
+    };
+    Some(Solver::Dns01(Dns01 {
+        backend: backend?,
+        propagation_timeout: propagation_timeout?,
+        resolver: resolver.map_or(Some(None), |r| r.map(Some))?,
+    }))
+}
+
+fn rfc2136(
+    node: &Node,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    d: &mut Diag,
+) -> Option<Rfc2136> {
+    let m = Map::open(node, "`rfc2136`", RFC2136_KEYS, &[], d)?;
+    let server = m
+        .require("server", d)
+        .and_then(|n| dns_server(n, "`server`", d));
+    // `Some(None)`: the zone was given and is invalid.
+    let zone = m.get("zone").map(|n| dns_name(n, "`zone`", d));
+    let tsig = m.require("tsig", d).and_then(|n| tsig(n, base, env, d));
+    Some(Rfc2136 {
+        server: server?,
+        zone: zone.map_or(Some(None), |z| z.map(Some))?,
+        tsig: tsig?,
+    })
+}
+
+fn tsig(
+    node: &Node,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    d: &mut Diag,
+) -> Option<Tsig> {
+    let m = Map::open(node, "`tsig`", TSIG_KEYS, &[], d)?;
+    let name = m
+        .require("name", d)
+        .and_then(|n| dns_name(n, "`tsig.name`", d));
+    let algorithm = match m.get("algorithm") {
+        None => Some(TsigAlgorithm::HmacSha256),
+        Some(n) => {
+            let parsed = n.scalar().and_then(TsigAlgorithm::parse);
+            if parsed.is_none() {
+                let all: Vec<&str> = TsigAlgorithm::ALL.iter().map(|a| a.as_str()).collect();
+                d.at(
+                    n.pos,
+                    format!(
+                        "`algorithm` must be one of: {}, not {}",
+                        all.join(", "),
+                        n.describe()
+                    ),
+                );
+            }
+            parsed
+        }
+    };
+    let secret = m.require("secret", d).and_then(|n| {
+        let secret = values::secret(n, "secret", base, env, d)?;
+        if Tsig::decode(&secret).is_none() {
+            d.at(
+                n.pos,
+                format!(
+                    "the TSIG secret from {} is not base64 (as `tsig-keygen` prints it)",
+                    secret.origin()
+                ),
+            );
+            return None;
+        }
+        Some(secret)
+    });
+    Some(Tsig {
+        name: name?,
+        algorithm: algorithm?,
+        secret: secret?,
+    })
+}
+
+fn dns_exec(node: &Node, base: &Path, d: &mut Diag) -> Option<DnsExec> {
+    let m = Map::open(node, "`exec`", DNS_EXEC_KEYS, &[], d)?;
+    let timeout = match m.get("timeout") {
+        Some(n) => values::duration(n, "`timeout`", true, d),
+        None => Some(DEFAULT_DNS_EXEC_TIMEOUT),
+    };
+    let add = m
+        .require("add", d)
+        .and_then(|n| values::argv(n, "`add`", base, d));
+    let remove = m
+        .require("remove", d)
+        .and_then(|n| values::argv(n, "`remove`", base, d));
+    let timeout = timeout?;
+    Some(DnsExec {
+        add: CommandSpec {
+            argv: add?,
+            timeout,
+        },
+        remove: CommandSpec {
+            argv: remove?,
+            timeout,
+        },
+    })
 }
 
 fn certificates(
