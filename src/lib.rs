@@ -4,6 +4,7 @@ pub mod acme;
 pub mod cert;
 pub mod config;
 pub mod deploy;
+pub mod dns;
 pub mod pipeline;
 pub mod plan;
 pub mod process;

@@ -288,8 +288,21 @@ async fn rehearse(
         if solver_problems.contains_key(name) {
             continue;
         }
+        let domain = selected
+            .iter()
+            .flat_map(|c| {
+                c.domains
+                    .iter()
+                    .filter(|d| c.challenge.solver_for(d) == Some(name))
+            })
+            .next()
+            .map(String::as_str);
         let problem = match config.challenges.get(name) {
-            Some(s) => solvers.preflight(s).await.err().map(|e| e.to_string()),
+            Some(s) => solvers
+                .preflight(s, domain)
+                .await
+                .err()
+                .map(|e| e.to_string()),
             None => Some("not defined".to_string()),
         };
         solver_problems.insert(name, problem.unwrap_or_default());

@@ -16,8 +16,10 @@
 // Each test crate compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod bind;
 pub mod nginx;
 pub mod pebble;
+pub mod powerdns;
 pub mod process;
 pub mod run;
 pub mod tls;
@@ -32,6 +34,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 // Re-exported for the tests' convenience; each test crate uses only some.
+#[allow(unused_imports)]
+pub use bind::{Bind, BindOptions};
 #[allow(unused_imports)]
 pub use nginx::{Nginx, NginxOptions, Webroot};
 #[allow(unused_imports)]

@@ -62,6 +62,9 @@ pub enum SolverError {
     AlpnCertificate { domain: String, message: String },
     #[error("dns-01: {0}")]
     Dns(String),
+    /// A dns-01 failure with its cause; the message carries the whole chain.
+    #[error("dns-01: {}", crate::acme::http::error_chain(.0))]
+    Dns01(#[source] crate::dns::DnsError),
 }
 
 /// Every solver of one run.
@@ -120,12 +123,18 @@ impl Solvers {
         self.dns.cleanup_all().await;
     }
 
-    pub async fn preflight(&self, solver: &Solver) -> Result<(), SolverError> {
+    /// `domain`: a name the solver will prove, when one is known (dns-01
+    /// checks its TSIG key against that name's zone).
+    pub async fn preflight(
+        &self,
+        solver: &Solver,
+        domain: Option<&str>,
+    ) -> Result<(), SolverError> {
         match solver {
             Solver::Http01Listen { listen } => self.http.preflight_listen(listen).await,
             Solver::Http01Webroot { webroot } => http01::preflight_webroot(webroot),
             Solver::TlsAlpn01 { listen } => self.alpn.preflight(listen).await,
-            Solver::Dns01(cfg) => dns01::preflight(cfg).await,
+            Solver::Dns01(cfg) => dns01::preflight(cfg, domain).await,
         }
     }
 }
