@@ -3,6 +3,7 @@
 pub mod acme;
 pub mod cert;
 pub mod config;
+pub mod daemon;
 pub mod deploy;
 pub mod dns;
 pub mod pipeline;
@@ -10,4 +11,5 @@ pub mod plan;
 pub mod process;
 pub mod report;
 pub mod store;
+pub mod systemd;
 pub mod verify;

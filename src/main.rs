@@ -103,6 +103,13 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    if let Command::Run = cli.command {
+        // The agent handles its own signals (SIGHUP reloads, SIGTERM stops cleanly).
+        return runtime.block_on(async move {
+            let solvers = Solvers::new();
+            ExitCode::from(certherd::daemon::run(&path, config, &solvers).await)
+        });
+    }
     runtime.block_on(async move {
         let solvers = Solvers::new();
         let signal = tokio::select! {
@@ -166,10 +173,7 @@ async fn run(command: Command, config: &certherd::config::Config, solvers: &Solv
             Command::Status { json, offline } => pipeline::status(config, offline)
                 .await
                 .map(|s| Done::Status(s, json)),
-            Command::Run => {
-                eprintln!("certherd: `run` (the always-on agent) is not available in this version yet; use `renew` from a systemd timer");
-                return ExitCode::from(2);
-            }
+            Command::Run => unreachable!("handled above"),
         };
         match outcome {
             Ok(Done::Report(report)) => {
