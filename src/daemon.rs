@@ -26,6 +26,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::acme::solver::Solvers;
 use crate::cert::rfc3339;
 use crate::config::Config;
+use crate::observe::{Kind, Observer};
 use crate::pipeline::{self, RenewOptions};
 use crate::plan;
 use crate::report::Report;
@@ -77,11 +78,21 @@ pub fn retry_at(
     }
 }
 
+/// What the schedule needs to know of one stored certificate.
+#[derive(Debug, Clone)]
+pub struct Known {
+    pub info: crate::cert::CertInfo,
+    /// The CA's renewal window (ARI) for it, when one is stored.
+    pub ari: Option<plan::AriWindow>,
+    /// When to ask the CA for its window again.
+    pub ari_next_fetch: Option<OffsetDateTime>,
+}
+
 /// The next wake: pure, from what the store holds, the failures so far,
 /// `now` and a jitter sample in `[0, jitter)`.
 pub fn next_wake(
     config: &Config,
-    current: &HashMap<String, crate::cert::CertInfo>,
+    current: &HashMap<String, Known>,
     failures: &HashMap<String, Failure>,
     now: OffsetDateTime,
     jitter: Duration,
@@ -97,17 +108,35 @@ pub fn next_wake(
                 reason: format!("retry {} (failed {} time(s))", cert.name, f.count),
             }
         } else {
-            let p = plan::plan_certificate(cert, current.get(&cert.name), now, false);
-            match (&p.due, p.renew_at) {
-                (Some(why), _) => Wake {
+            let known = current.get(&cert.name);
+            let p = plan::plan_with_ari(
+                cert,
+                known.map(|k| &k.info),
+                known.and_then(|k| k.ari.as_ref()),
+                now,
+                false,
+            );
+            let fetch = known
+                .and_then(|k| k.ari_next_fetch)
+                .filter(|_| cert.renewal.ari)
+                .map(|at| Wake {
+                    at,
+                    reason: format!("ask the CA for the renewal window of {}", cert.name),
+                });
+            let renew = match (&p.due, p.renew_at) {
+                (Some(why), _) => Some(Wake {
                     at: now,
                     reason: format!("renew {}: {why}", cert.name),
-                },
-                (None, Some(at)) => Wake {
+                }),
+                (None, Some(at)) => Some(Wake {
                     at,
                     reason: format!("renew {}", cert.name),
-                },
-                (None, None) => continue,
+                }),
+                (None, None) => None,
+            };
+            match [renew, fetch].into_iter().flatten().min_by_key(|w| w.at) {
+                Some(w) => w,
+                None => continue,
             }
         };
         if candidate.at < wake.at {
@@ -117,14 +146,26 @@ pub fn next_wake(
     wake
 }
 
-/// The current certificates' facts, read without a lock.
-fn current_infos(config: &Config) -> HashMap<String, crate::cert::CertInfo> {
+/// The current certificates and their stored renewal windows, read without a lock.
+fn current_infos(config: &Config) -> HashMap<String, Known> {
     let store = Store::open_readonly(&config.state_dir, &config.acme.directory);
     config
         .certificates
         .iter()
         .filter_map(|c| match store.current(&c.name) {
-            Ok(Some(b)) => Some((c.name.clone(), b.info)),
+            Ok(Some(b)) => {
+                let record = store
+                    .ari_record(&c.name)
+                    .ok()
+                    .flatten()
+                    .filter(|r| r.sha256 == b.info.sha256);
+                let known = Known {
+                    ari: record.as_ref().and_then(crate::acme::ari::window),
+                    ari_next_fetch: record.as_ref().and_then(|r| crate::acme::ari::parse_time(&r.next_fetch)),
+                    info: b.info,
+                };
+                Some((c.name.clone(), known))
+            }
             Ok(None) => None,
             Err(e) => {
                 tracing::warn!(certificate = %c.name, error = %e, "cannot read the stored certificate");
@@ -147,7 +188,7 @@ fn jitter_sample(config: &Config) -> Duration {
 /// whose targets failed is retried with backoff; a good pass clears it.
 fn record_pass(
     report: &Report,
-    current: &HashMap<String, crate::cert::CertInfo>,
+    current: &HashMap<String, Known>,
     failures: &mut HashMap<String, Failure>,
     now: OffsetDateTime,
 ) {
@@ -159,7 +200,7 @@ fn record_pass(
             continue;
         }
         let count = failures.get(&c.name).map_or(1, |f| f.count + 1);
-        let at = retry_at(count, now, current.get(&c.name).map(|i| i.not_after));
+        let at = retry_at(count, now, current.get(&c.name).map(|k| k.info.not_after));
         tracing::warn!(certificate = %c.name, failures = count, retry_at = %rfc3339(at), "pass failed; will retry");
         failures.insert(
             c.name.clone(),
@@ -201,6 +242,25 @@ pub async fn run(config_path: &Path, mut config: Config, solvers: &Solvers) -> u
         })
     });
 
+    // One observer for the agent's life: its metrics are what /metrics serves.
+    let observer = Observer::new();
+    let metrics_server = match config.metrics.as_ref().and_then(|m| m.listen) {
+        Some(listen) => match observer
+            .metrics()
+            .serve(listen, std::future::pending::<()>())
+            .await
+        {
+            Ok(server) => {
+                tracing::info!(%listen, "serving metrics at /metrics");
+                Some(server)
+            }
+            Err(e) => {
+                tracing::error!(%listen, error = %e, "cannot serve metrics");
+                return 1;
+            }
+        },
+        None => None,
+    };
     let mut failures: HashMap<String, Failure> = HashMap::new();
     // The first pass comes at once: it renews what is due and verifies every target.
     let mut wake = Wake {
@@ -254,13 +314,14 @@ pub async fn run(config_path: &Path, mut config: Config, solvers: &Solvers) -> u
             Ok(report) => {
                 tracing::info!(summary = %summary(&report), "pass finished");
                 record_pass(&report, &current, &mut failures, now);
+                observer.after_report(&config, &report, Kind::Renew).await;
             }
             Err(e) => {
                 // The whole pass could not run (state directory locked, unreadable, …).
                 tracing::error!(error = %crate::acme::http::error_chain(&e), "pass failed");
                 for c in &config.certificates {
                     let count = failures.get(&c.name).map_or(1, |f| f.count + 1);
-                    let at = retry_at(count, now, current.get(&c.name).map(|i| i.not_after));
+                    let at = retry_at(count, now, current.get(&c.name).map(|k| k.info.not_after));
                     failures.insert(
                         c.name.clone(),
                         Failure {
@@ -278,6 +339,9 @@ pub async fn run(config_path: &Path, mut config: Config, solvers: &Solvers) -> u
     notifier.stopping();
     if let Some(w) = watchdog {
         w.abort();
+    }
+    if let Some(server) = metrics_server {
+        server.abort();
     }
     tracing::info!("agent stopped");
     code
@@ -326,5 +390,118 @@ mod tests {
             retry_at(9, now, Some(now - time::Duration::days(1))),
             now + time::Duration::minutes(1)
         );
+    }
+
+    fn config() -> Config {
+        let yaml = "acme: { directory: https://ca.test/dir }\n\
+                    renewal: { check_interval: 6h, jitter: 0s }\n\
+                    challenges: { s: { type: http-01, listen: \"127.0.0.1:80\" } }\n\
+                    certificates:\n  a: { domains: [a.test], challenge: s }\n";
+        crate::config::load_str(
+            yaml,
+            std::path::Path::new("/etc/certherd/certherd.yaml"),
+            &|_| None,
+        )
+        .unwrap()
+    }
+
+    fn known(
+        now: OffsetDateTime,
+        ari: Option<plan::AriWindow>,
+        next_fetch: Option<OffsetDateTime>,
+    ) -> HashMap<String, Known> {
+        let info = crate::cert::CertInfo {
+            serial: "01".into(),
+            sha256: "00".into(),
+            not_before: now - time::Duration::days(10),
+            not_after: now + time::Duration::days(80),
+            domains: vec!["a.test".into()],
+            key_type: Some(crate::config::KeyType::EcdsaP256),
+        };
+        HashMap::from([(
+            "a".to_string(),
+            Known {
+                info,
+                ari,
+                ari_next_fetch: next_fetch,
+            },
+        )])
+    }
+
+    #[test]
+    fn the_next_wake_is_the_earliest_action() {
+        let cfg = config();
+        let now = datetime!(2026-01-01 0:00 UTC);
+        let none = HashMap::new();
+        // Nothing stored: due at once.
+        let w = next_wake(&cfg, &none, &none_failures(), now, Duration::ZERO);
+        assert_eq!(
+            (w.at, w.reason.as_str()),
+            (now, "renew a: no certificate yet")
+        );
+        // Fresh certificate: the next verification round.
+        let w = next_wake(
+            &cfg,
+            &known(now, None, None),
+            &none_failures(),
+            now,
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            (w.at, w.reason.as_str()),
+            (now + time::Duration::minutes(361), "verify every target")
+        );
+        // An ARI moment before the round wins.
+        let ari = plan::AriWindow {
+            start: now + time::Duration::hours(1),
+            end: now + time::Duration::hours(3),
+            renew_at: now + time::Duration::hours(2),
+        };
+        let w = next_wake(
+            &cfg,
+            &known(now, Some(ari), None),
+            &none_failures(),
+            now,
+            Duration::ZERO,
+        );
+        assert_eq!(
+            (w.at, w.reason.as_str()),
+            (now + time::Duration::hours(2), "renew a")
+        );
+        // Asking the CA again comes first when sooner.
+        let w = next_wake(
+            &cfg,
+            &known(now, Some(ari), Some(now + time::Duration::minutes(30))),
+            &none_failures(),
+            now,
+            Duration::ZERO,
+        );
+        assert_eq!(
+            (w.at, w.reason.as_str()),
+            (
+                now + time::Duration::minutes(30),
+                "ask the CA for the renewal window of a"
+            )
+        );
+        // A failure's retry replaces the certificate's own schedule.
+        let failures = HashMap::from([(
+            "a".to_string(),
+            Failure {
+                count: 2,
+                retry_at: now + time::Duration::minutes(2),
+            },
+        )]);
+        let w = next_wake(&cfg, &none, &failures, now, Duration::ZERO);
+        assert_eq!(
+            (w.at, w.reason.as_str()),
+            (
+                now + time::Duration::minutes(2),
+                "retry a (failed 2 time(s))"
+            )
+        );
+    }
+
+    fn none_failures() -> HashMap<String, Failure> {
+        HashMap::new()
     }
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use certherd::acme::solver::Solvers;
+use certherd::observe::{Kind, Observer};
 use certherd::pipeline::{self, RenewOptions};
 
 #[derive(Parser)]
@@ -147,6 +148,11 @@ async fn shutdown_signal() -> &'static str {
 
 async fn run(command: Command, config: &certherd::config::Config, solvers: &Solvers) -> ExitCode {
     {
+        let kind = match &command {
+            Command::Deploy { .. } => Kind::Deploy,
+            Command::Verify { .. } => Kind::Verify,
+            _ => Kind::Renew,
+        };
         let outcome = match command {
             Command::Check => unreachable!("handled above"),
             Command::Renew {
@@ -178,6 +184,8 @@ async fn run(command: Command, config: &certherd::config::Config, solvers: &Solv
         match outcome {
             Ok(Done::Report(report)) => {
                 print!("{}", report.human());
+                // Metrics and notifications: logged when they fail, never the exit code.
+                Observer::new().after_report(config, &report, kind).await;
                 if report.ok() {
                     ExitCode::SUCCESS
                 } else {
@@ -193,6 +201,7 @@ async fn run(command: Command, config: &certherd::config::Config, solvers: &Solv
                 } else {
                     print!("{}", status.human(time::OffsetDateTime::now_utc()));
                 }
+                Observer::new().after_status(config, &status);
                 if status.ok() {
                     ExitCode::SUCCESS
                 } else {

@@ -15,15 +15,16 @@ use std::time::Duration;
 use futures_util::stream::{self, StreamExt};
 use time::OffsetDateTime;
 
-use crate::acme::{self, http::AcmeHttp, solver::Solvers, IssueError, OrderRequest};
+use crate::acme::{self, ari, http::AcmeHttp, solver::Solvers, IssueError, OrderRequest};
 use crate::cert::{rfc3339, Bundle};
 use crate::config::{CertificateConfig, Config, TargetConfig};
 use crate::deploy::{self, BundleFiles};
 use crate::plan::{self, CertPlan};
 use crate::report::{
-    CertReport, CertStatus, Issuance, Report, Status, TargetAction, TargetReport, TargetStatus,
+    AriStatus, CertReport, CertStatus, Issuance, Report, Status, TargetAction, TargetReport,
+    TargetStatus,
 };
-use crate::store::{Store, StoreError, TargetRecord};
+use crate::store::{AriRecord, Store, StoreError, TargetRecord};
 use crate::verify::{self, Verdict};
 
 /// How long a writer waits for another certherd to release the state directory.
@@ -98,17 +99,25 @@ pub async fn renew(
     let now = OffsetDateTime::now_utc();
 
     let mut currents = Vec::new();
-    let mut plans = Vec::new();
     for cert in &selected {
-        let current = store.current(&cert.name)?;
-        plans.push(plan::plan_certificate(
-            cert,
-            current.as_ref().map(|b| &b.info),
-            now,
-            opts.force,
-        ));
-        currents.push(current);
+        currents.push(store.current(&cert.name)?);
     }
+    // The CA's renewal windows (ARI), fetched where the stored ones are
+    // missing or old, before anything is planned.
+    let aris = ari_states(config, &selected, &currents, &store, true, now, !opts.force).await;
+    let plans: Vec<CertPlan> = selected
+        .iter()
+        .enumerate()
+        .map(|(i, cert)| {
+            plan::plan_with_ari(
+                cert,
+                currents[i].as_ref().map(|b| &b.info),
+                aris[i].window().as_ref(),
+                now,
+                opts.force,
+            )
+        })
+        .collect();
     for p in &plans {
         match &p.due {
             Some(why) => tracing::info!(certificate = %p.name, reason = %why, "due"),
@@ -122,7 +131,13 @@ pub async fn renew(
         .iter()
         .enumerate()
         .filter(|(i, _)| plans[*i].due.is_some())
-        .map(|(i, cert)| (i, order_request(config, cert, currents[i].as_ref())))
+        .map(|(i, cert)| {
+            let replaces = aris[i].cert_id.clone();
+            (
+                i,
+                order_request(config, cert, currents[i].as_ref(), replaces),
+            )
+        })
         .collect();
     let issued = issue_all(config, &config.acme.directory, Some(&store), &due, solvers).await?;
 
@@ -177,10 +192,96 @@ pub async fn renew(
     })
 }
 
+/// What ARI knows of one selected certificate.
+#[derive(Debug, Clone, Default)]
+struct AriState {
+    /// The current certificate's ARI identifier (with `renewal.ari`).
+    cert_id: Option<String>,
+    /// The CA's window for the current certificate.
+    record: Option<AriRecord>,
+}
+
+impl AriState {
+    fn window(&self) -> Option<plan::AriWindow> {
+        self.record.as_ref().and_then(ari::window)
+    }
+}
+
+/// The ARI state of every selected certificate that has a current one and
+/// `renewal.ari`: its identifier, and its window from the store, refreshed
+/// from the CA (`fetch`) where missing, for another certificate, or past
+/// its `Retry-After`. Fetched windows are stored when `save`. Nothing here
+/// fails the run: problems are logged and the threshold still applies.
+async fn ari_states(
+    config: &Config,
+    selected: &[&CertificateConfig],
+    currents: &[Option<Bundle>],
+    store: &Store,
+    save: bool,
+    now: OffsetDateTime,
+    fetch: bool,
+) -> Vec<AriState> {
+    let mut states = vec![AriState::default(); selected.len()];
+    let mut candidates = Vec::new();
+    let mut index = Vec::new();
+    for (i, cert) in selected.iter().enumerate() {
+        let Some(bundle) = &currents[i] else { continue };
+        if !cert.renewal.ari {
+            continue;
+        }
+        let cert_id = crate::cert::pem_certificates(&bundle.leaf_pem)
+            .map_err(|e| e.to_string())
+            .and_then(|c| ari::cert_id(&c[0]));
+        let cert_id = match cert_id {
+            Ok(id) => id,
+            Err(why) => {
+                tracing::debug!(certificate = %cert.name, %why, "no ARI identifier; planned by the renewal threshold");
+                continue;
+            }
+        };
+        states[i].cert_id = Some(cert_id.clone());
+        if !fetch {
+            continue;
+        }
+        let stored = store.ari_record(&cert.name).unwrap_or_else(|e| {
+            tracing::warn!(certificate = %cert.name, error = %e, "ignoring the stored ARI window");
+            None
+        });
+        candidates.push(ari::Candidate {
+            name: cert.name.clone(),
+            sha256: bundle.info.sha256.clone(),
+            cert_id,
+            stored,
+        });
+        index.push(i);
+    }
+    if candidates.is_empty() {
+        return states;
+    }
+    let refreshed = ari::refresh(
+        &config.acme.trust_roots,
+        &config.acme.directory,
+        &candidates,
+        now,
+    )
+    .await;
+    for (k, r) in refreshed.into_iter().enumerate() {
+        let i = index[k];
+        if let (ari::Refreshed::Fetched(record), true) = (&r, save) {
+            if let Err(e) = store.save_ari_record(&selected[i].name, record) {
+                tracing::warn!(certificate = %selected[i].name, error = %e, "could not store the ARI window");
+            }
+        }
+        states[i].record = r.record().cloned();
+    }
+    states
+}
+
 fn order_request<'c>(
     config: &'c Config,
     cert: &'c CertificateConfig,
     current: Option<&Bundle>,
+    replaces: Option<String>,
 ) -> OrderRequest<'c> {
     let reuse_key = match current {
         Some(b) if cert.reuse_key && b.info.key_type == Some(cert.key) => Some(b.key.clone()),
@@ -191,6 +292,7 @@ fn order_request<'c>(
         solvers: &config.challenges,
         profile: config.acme.profile.as_deref(),
         reuse_key,
+        replaces,
     }
 }
 
@@ -307,14 +409,21 @@ async fn rehearse(
         };
         solver_problems.insert(name, problem.unwrap_or_default());
     }
+    let mut currents = Vec::new();
+    for cert in selected {
+        currents.push(store.current(&cert.name)?);
+    }
+    // The real CA's windows, fetched but not stored.
+    let aris = ari_states(config, selected, &currents, &store, false, now, !force).await;
     let mut plans: Vec<CertPlan> = Vec::new();
     let mut due = Vec::new();
     let mut failed_preflight = Vec::new();
     for (i, cert) in selected.iter().enumerate() {
-        let current = store.current(&cert.name)?;
-        plans.push(plan::plan_certificate(
+        let current = &currents[i];
+        plans.push(plan::plan_with_ari(
             cert,
             current.as_ref().map(|b| &b.info),
+            aris[i].window().as_ref(),
             now,
             force,
         ));
@@ -325,7 +434,8 @@ async fn rehearse(
             .map(|n| format!("challenge {n:?}: {}", solver_problems[n]))
             .collect();
         if problems.is_empty() {
-            due.push((i, order_request(config, cert, current.as_ref())));
+            // Never `replaces`: the certificate of a rehearsal is thrown away.
+            due.push((i, order_request(config, cert, current.as_ref(), None)));
         } else {
             failed_preflight.push((i, problems.join("; ")));
         }
@@ -629,7 +739,23 @@ pub async fn status(config: &Config, offline: bool) -> Result<Status, RunError> 
     let mut certs = Vec::new();
     for cert in &config.certificates {
         let current = store.current(&cert.name)?;
-        let p = plan::plan_certificate(cert, current.as_ref().map(|b| &b.info), now, false);
+        // The stored window of the current certificate; `status` fetches nothing.
+        let record = match &current {
+            Some(b) if cert.renewal.ari => store
+                .ari_record(&cert.name)
+                .ok()
+                .flatten()
+                .filter(|r| r.sha256 == b.info.sha256),
+            _ => None,
+        };
+        let window = record.as_ref().and_then(ari::window);
+        let p = plan::plan_with_ari(
+            cert,
+            current.as_ref().map(|b| &b.info),
+            window.as_ref(),
+            now,
+            false,
+        );
         let mut targets = Vec::new();
         for t in &cert.targets {
             targets.push(target_status(t, current.as_ref(), offline).await);
@@ -646,6 +772,14 @@ pub async fn status(config: &Config, offline: bool) -> Result<Status, RunError> 
             due: p.due.is_some(),
             due_reason: p.due.map(|d| d.to_string()),
             renew_at: p.renew_at.map(rfc3339),
+            ari: record.filter(|_| window.is_some()).map(|r| AriStatus {
+                window_start: r.window_start,
+                window_end: r.window_end,
+                renew_at: r.renew_at,
+                explanation_url: r.explanation_url,
+                fetched_at: r.fetched_at,
+                next_fetch: r.next_fetch,
+            }),
             targets,
         });
     }

@@ -26,6 +26,25 @@ pub enum Reason {
         renew_at: OffsetDateTime,
         not_after: OffsetDateTime,
     },
+    /// The moment chosen in the CA's suggested renewal window (ARI,
+    /// RFC 9773) has come; a window already over when it was fetched
+    /// means "renew now".
+    AriWindow {
+        renew_at: OffsetDateTime,
+        window_start: OffsetDateTime,
+        window_end: OffsetDateTime,
+    },
+}
+
+/// The CA's suggested renewal window for the current certificate (ARI,
+/// RFC 9773) and the moment chosen inside it, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AriWindow {
+    pub start: OffsetDateTime,
+    pub end: OffsetDateTime,
+    /// Chosen uniformly at random in `[start, end)` when the window was
+    /// fetched; the fetch time itself when the window was already over.
+    pub renew_at: OffsetDateTime,
 }
 
 impl fmt::Display for Reason {
@@ -54,6 +73,27 @@ impl fmt::Display for Reason {
                 rfc3339(*renew_at),
                 rfc3339(*not_after)
             ),
+            Reason::AriWindow {
+                renew_at,
+                window_start,
+                window_end,
+            } if renew_at >= window_end => write!(
+                f,
+                "the CA asks for renewal now (ARI window {} to {} has passed)",
+                rfc3339(*window_start),
+                rfc3339(*window_end)
+            ),
+            Reason::AriWindow {
+                renew_at,
+                window_start,
+                window_end,
+            } => write!(
+                f,
+                "renewal time {} in the CA's window {} to {} reached (ARI)",
+                rfc3339(*renew_at),
+                rfc3339(*window_start),
+                rfc3339(*window_end)
+            ),
         }
     }
 }
@@ -64,8 +104,12 @@ pub struct CertPlan {
     pub name: String,
     /// `Some(reason)` when the certificate is due.
     pub due: Option<Reason>,
-    /// When the current certificate becomes due by its lifetime; `None` without one.
+    /// When the current certificate becomes due: by its lifetime, or at
+    /// the moment chosen in the CA's window when that is earlier; `None`
+    /// without a certificate.
     pub renew_at: Option<OffsetDateTime>,
+    /// The CA's window that was taken into account (`renewal.ari`).
+    pub ari: Option<AriWindow>,
 }
 
 /// When `info` becomes due under `threshold`.
@@ -83,13 +127,36 @@ fn sorted(v: &[String]) -> Vec<String> {
     v
 }
 
+/// The plan without the CA's renewal window: see [`plan_with_ari`].
 pub fn plan_certificate(
     cfg: &CertificateConfig,
     current: Option<&CertInfo>,
     now: OffsetDateTime,
     force: bool,
 ) -> CertPlan {
-    let renew_at = current.map(|c| renew_at(c, cfg.renewal.before_expiry));
+    plan_with_ari(cfg, current, None, now, force)
+}
+
+/// The plan for one certificate. `ari` is the CA's window for `current`
+/// (the caller matches it to the certificate); it counts only with
+/// `renewal.ari`. The threshold stays a safety net: the certificate is due
+/// when either says so, and the reason shown is the one reached first.
+pub fn plan_with_ari(
+    cfg: &CertificateConfig,
+    current: Option<&CertInfo>,
+    ari: Option<&AriWindow>,
+    now: OffsetDateTime,
+    force: bool,
+) -> CertPlan {
+    let threshold = current.map(|c| renew_at(c, cfg.renewal.before_expiry));
+    let ari = match current {
+        Some(_) if cfg.renewal.ari => ari.copied(),
+        _ => None,
+    };
+    let renew_at = match (threshold, ari) {
+        (Some(t), Some(a)) => Some(t.min(a.renew_at)),
+        (t, _) => t,
+    };
     let due = match current {
         None => Some(Reason::NoCertificate),
         Some(_) if force => Some(Reason::Forced),
@@ -104,16 +171,33 @@ pub fn plan_certificate(
                 .unwrap_or_else(|| "another type".into()),
             configured: cfg.key.to_string(),
         }),
-        Some(c) if now >= renew_at.expect("set with current") => Some(Reason::Expiring {
-            renew_at: renew_at.expect("set with current"),
-            not_after: c.not_after,
-        }),
-        Some(_) => None,
+        Some(c) => {
+            let threshold = threshold.expect("set with current");
+            let expiring = Reason::Expiring {
+                renew_at: threshold,
+                not_after: c.not_after,
+            };
+            match ari {
+                Some(a) if now >= a.renew_at && a.renew_at < threshold => Some(Reason::AriWindow {
+                    renew_at: a.renew_at,
+                    window_start: a.start,
+                    window_end: a.end,
+                }),
+                _ if now >= threshold => Some(expiring),
+                Some(a) if now >= a.renew_at => Some(Reason::AriWindow {
+                    renew_at: a.renew_at,
+                    window_start: a.start,
+                    window_end: a.end,
+                }),
+                _ => None,
+            }
+        }
     };
     CertPlan {
         name: cfg.name.clone(),
         due,
         renew_at,
+        ari,
     }
 }
 
@@ -188,6 +272,86 @@ mod tests {
                 r.what
             );
         }
+    }
+
+    #[test]
+    fn ari_table() {
+        use KeyType::*;
+        let share = Threshold::Share(1.0 / 3.0); // renew at 2026-03-02
+        let ex = ["example.com", "www.example.com"];
+        let window = |start, end, renew_at| AriWindow {
+            start,
+            end,
+            renew_at,
+        };
+        // A window in February, the moment chosen on the 10th.
+        let feb = window(
+            datetime!(2026-02-05 0:00 UTC),
+            datetime!(2026-02-15 0:00 UTC),
+            datetime!(2026-02-10 0:00 UTC),
+        );
+        // Fetched on 2026-01-20 after the window had passed: renew now.
+        let passed = window(
+            datetime!(2026-01-10 0:00 UTC),
+            datetime!(2026-01-11 0:00 UTC),
+            datetime!(2026-01-20 0:00 UTC),
+        );
+        // Later than the threshold (a CA may suggest that): the threshold wins.
+        let late = window(
+            datetime!(2026-03-10 0:00 UTC),
+            datetime!(2026-03-12 0:00 UTC),
+            datetime!(2026-03-11 0:00 UTC),
+        );
+        struct Row {
+            what: &'static str,
+            ari_on: bool,
+            key: KeyType,
+            window: Option<AriWindow>,
+            now: OffsetDateTime,
+            force: bool,
+            due: Option<&'static str>,
+            renew_at: &'static str,
+        }
+        let rows = [
+            Row { what: "before the chosen moment", ari_on: true, key: EcdsaP256, window: Some(feb), now: datetime!(2026-02-09 23:59:59 UTC), force: false, due: None, renew_at: "2026-02-10T00:00:00Z" },
+            Row { what: "at the chosen moment", ari_on: true, key: EcdsaP256, window: Some(feb), now: datetime!(2026-02-10 0:00 UTC), force: false, due: Some("renewal time 2026-02-10T00:00:00Z in the CA's window 2026-02-05T00:00:00Z to 2026-02-15T00:00:00Z reached (ARI)"), renew_at: "2026-02-10T00:00:00Z" },
+            Row { what: "a window that had passed when fetched", ari_on: true, key: EcdsaP256, window: Some(passed), now: datetime!(2026-01-20 0:00 UTC), force: false, due: Some("the CA asks for renewal now (ARI window 2026-01-10T00:00:00Z to 2026-01-11T00:00:00Z has passed)"), renew_at: "2026-01-20T00:00:00Z" },
+            Row { what: "renewal.ari: false ignores the window", ari_on: false, key: EcdsaP256, window: Some(feb), now: datetime!(2026-02-20 0:00 UTC), force: false, due: None, renew_at: "2026-03-02T00:00:00Z" },
+            Row { what: "no window: the threshold alone", ari_on: true, key: EcdsaP256, window: None, now: datetime!(2026-03-02 0:00 UTC), force: false, due: Some("renewal time 2026-03-02T00:00:00Z reached (expires 2026-04-01T00:00:00Z)"), renew_at: "2026-03-02T00:00:00Z" },
+            Row { what: "a window after the threshold: the threshold is the safety net", ari_on: true, key: EcdsaP256, window: Some(late), now: datetime!(2026-03-02 0:00 UTC), force: false, due: Some("renewal time 2026-03-02T00:00:00Z reached (expires 2026-04-01T00:00:00Z)"), renew_at: "2026-03-02T00:00:00Z" },
+            Row { what: "both passed: the earlier one is the reason", ari_on: true, key: EcdsaP256, window: Some(feb), now: datetime!(2026-03-05 0:00 UTC), force: false, due: Some("renewal time 2026-02-10T00:00:00Z in the CA's window 2026-02-05T00:00:00Z to 2026-02-15T00:00:00Z reached (ARI)"), renew_at: "2026-02-10T00:00:00Z" },
+            Row { what: "--force comes first", ari_on: true, key: EcdsaP256, window: Some(passed), now: datetime!(2026-01-20 0:00 UTC), force: true, due: Some("--force"), renew_at: "2026-01-20T00:00:00Z" },
+            Row { what: "a key type change comes first", ari_on: true, key: Rsa2048, window: Some(passed), now: datetime!(2026-01-20 0:00 UTC), force: false, due: Some("key type changed: certificate has ecdsa-p256, configuration has rsa-2048"), renew_at: "2026-01-20T00:00:00Z" },
+        ];
+        for r in rows {
+            let mut c = cfg(&ex, r.key, share);
+            c.renewal.ari = r.ari_on;
+            let cur = info(&ex, EcdsaP256);
+            let p = plan_with_ari(&c, Some(&cur), r.window.as_ref(), r.now, r.force);
+            assert_eq!(
+                p.due.as_ref().map(|d| d.to_string()).as_deref(),
+                r.due,
+                "{}",
+                r.what
+            );
+            assert_eq!(
+                p.renew_at.map(rfc3339).as_deref(),
+                Some(r.renew_at),
+                "{}",
+                r.what
+            );
+            assert_eq!(p.ari, r.window.filter(|_| r.ari_on), "{}", r.what);
+        }
+        // Without a certificate a window means nothing.
+        let p = plan_with_ari(
+            &cfg(&ex, EcdsaP256, share),
+            None,
+            Some(&feb),
+            datetime!(2026-02-20 0:00 UTC),
+            false,
+        );
+        assert_eq!(p.due, Some(Reason::NoCertificate));
+        assert_eq!((p.renew_at, p.ari), (None, None));
     }
 
     #[test]

@@ -224,7 +224,23 @@ pub struct CertStatus {
     pub due: bool,
     pub due_reason: Option<String>,
     pub renew_at: Option<String>,
+    /// The CA's renewal window for the current certificate (ARI), as last
+    /// fetched; `null` without one.
+    pub ari: Option<AriStatus>,
     pub targets: Vec<TargetStatus>,
+}
+
+/// The CA's suggested renewal window (RFC 9773); times are RFC 3339.
+#[derive(Debug, Serialize)]
+pub struct AriStatus {
+    pub window_start: String,
+    pub window_end: String,
+    /// The moment chosen inside the window.
+    pub renew_at: String,
+    pub explanation_url: Option<String>,
+    pub fetched_at: String,
+    /// When the window is asked for again.
+    pub next_fetch: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -257,8 +273,15 @@ impl Status {
                     )
                     .map(|t| (t - now).whole_days())
                     .unwrap_or(0);
+                    let window = match &c.ari {
+                        Some(a) => format!(
+                            " (CA renewal window {} to {})",
+                            a.window_start, a.window_end
+                        ),
+                        None => String::new(),
+                    };
                     format!(
-                        "expires {na} ({days} days left), renew at {}",
+                        "expires {na} ({days} days left), renew at {}{window}",
                         c.renew_at.as_deref().unwrap_or("-")
                     )
                 }

@@ -25,7 +25,7 @@ fn status_before_the_first_certificate() {
             "domains": [SITE, format!("www.{SITE}")],
             "serial": null, "sha256": null, "not_before": null, "not_after": null,
             "key_type": null,
-            "due": true, "due_reason": "no certificate yet", "renew_at": null,
+            "due": true, "due_reason": "no certificate yet", "renew_at": null, "ari": null,
             "targets": [{"name": "web", "state": "unverified", "served_sha256": null, "chain_complete": null, "error": null}]
         }]})
     );

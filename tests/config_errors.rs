@@ -5,18 +5,27 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use certherd::config::{
-    load, load_str, ChallengeChoice, CommandSpec, Dns01, DnsBackend, DnsExec, ExecTarget, FileSet,
-    FileTarget, KeyType, RenewalPolicy, Rfc2136, Solver, TargetConfig, TargetKind, Threshold, Tsig,
-    TsigAlgorithm, VerifyConfig,
+    load, load_str, ChallengeChoice, CommandSpec, Dns01, DnsBackend, DnsExec, EventKind,
+    ExecTarget, FileSet, FileTarget, KeyType, MetricsConfig, NotifierConfig, NotifierKind,
+    RenewalPolicy, Rfc2136, Solver, TargetConfig, TargetKind, Text, Threshold, Tsig, TsigAlgorithm,
+    VerifyConfig, WebhookFormat,
 };
 
 const PATH: &str = "/etc/certherd/certherd.yaml";
 /// The value behind `{ env: EAB_HMAC_KEY }` in these tests.
 const EAB_SECRET: &str = "c2VjcmV0LWhtYWMta2V5LW5ldmVyLXByaW50ZWQ";
 
+/// The values behind `{ env: HOOK_TOKEN }` and `{ env: SLACK_URL }`.
+const HOOK_SECRET: &str = "Bearer hook-token-never-printed";
+const SLACK_SECRET: &str = "https://hooks.slack.example/services/T0/B0/never-printed";
+
 fn fake_env(name: &str) -> Option<String> {
     match name {
         "EAB_HMAC_KEY" => Some(EAB_SECRET.to_string()),
+        "HOOK_TOKEN" => Some(HOOK_SECRET.to_string()),
+        "SLACK_URL" => Some(SLACK_SECRET.to_string()),
+        "NOT_A_URL" => Some("hooks.example.com/no-scheme-never-printed".to_string()),
+        "BAD_HEADER" => Some("line one\nline two never printed".to_string()),
         _ => None,
     }
 }
@@ -88,7 +97,8 @@ fn unknown_top_level_key() {
         &src,
         &[
             "/etc/certherd/certherd.yaml:11:1: unknown key `stat_dir` in the configuration \
-           (expected one of: state_dir, acme, renewal, challenges, certificates)",
+           (expected one of: state_dir, acme, renewal, metrics, notify, challenges, \
+           certificates)",
         ],
     );
 }
@@ -532,10 +542,6 @@ certificates:
     assert_errors(
         src,
         &[
-            "/etc/certherd/certherd.yaml:3:1: `metrics` is not supported by this version of \
-             certherd yet",
-            "/etc/certherd/certherd.yaml:5:1: `notify` is not supported by this version of \
-             certherd yet",
             "/etc/certherd/certherd.yaml:24:15: target type `ssh` is not supported by this \
              version of certherd yet",
             "/etc/certherd/certherd.yaml:27:15: target type `webhook` is not supported by this \
@@ -1201,4 +1207,299 @@ certificates:
             "/etc/certherd/certherd.yaml:22:15: \"*.example.com\" is a wildcard and needs a dns-01 solver, but challenge \"e\" is tls-alpn-01",
         ]
     );
+}
+
+/// `metrics:` and `notify:` as the interface writes them, extended with
+/// every key, loaded from a real file (relative paths, trust roots).
+#[test]
+fn metrics_and_notify_load_into_typed_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("hooks-ca.pem"), TEST_ROOT_PEM).unwrap();
+    std::fs::write(d.join("pager.key"), "pager-key-never-printed\n").unwrap();
+    let path = d.join("certherd.yaml");
+    let src = format!(
+        "{ACME}\
+metrics:
+  listen: \"127.0.0.1:9611\"
+  textfile: prom/certherd.prom
+notify:
+  - type: webhook
+    url: https://hooks.example.com/certherd
+    headers: {{ Authorization: {{ env: HOOK_TOKEN }}, X-Source: certherd }}
+  - type: webhook
+    name: chat
+    url: {{ env: SLACK_URL }}
+    format: slack
+    timeout: 5s
+    events: [expiring, renewed]
+    expiring_days: 21
+    trust_roots: [hooks-ca.pem]
+  - type: exec
+    command: [bin/page-oncall, --team, tls]
+    timeout: 30s
+    events: [expiring, deploy_failed]
+    expiring_days: 3
+    name: pager
+{REST}"
+    );
+    std::fs::write(&path, src).unwrap();
+    let config =
+        load_str(&std::fs::read_to_string(&path).unwrap(), &path, &fake_env).expect("valid");
+    assert_eq!(
+        config.metrics,
+        Some(MetricsConfig {
+            listen: Some("127.0.0.1:9611".parse().unwrap()),
+            textfile: Some(d.join("prom/certherd.prom")),
+        })
+    );
+    assert_eq!(config.notify.len(), 3);
+    let NotifierKind::Webhook(hook) = &config.notify[0].kind else {
+        panic!("a webhook")
+    };
+    assert_eq!(config.notify[0].name, "webhook #1");
+    assert_eq!(config.notify[0].events, EventKind::ALL);
+    assert_eq!(config.notify[0].expiring_days, 14);
+    assert_eq!(
+        hook.url,
+        Text::Plain("https://hooks.example.com/certherd".into())
+    );
+    assert_eq!(hook.format, WebhookFormat::Json);
+    assert_eq!(hook.timeout, Duration::from_secs(10));
+    assert!(hook.trust_roots.is_empty());
+    assert_eq!(hook.headers.len(), 2);
+    assert_eq!(hook.headers[0].0, "Authorization");
+    assert_eq!(hook.headers[0].1.expose(), HOOK_SECRET);
+    assert!(hook.headers[0].1.is_secret());
+    assert_eq!(
+        hook.headers[1],
+        ("X-Source".into(), Text::Plain("certherd".into()))
+    );
+
+    let chat = &config.notify[1];
+    assert_eq!(chat.name, "chat");
+    assert_eq!(chat.events, [EventKind::Renewed, EventKind::Expiring]);
+    assert_eq!(chat.expiring_days, 21);
+    let NotifierKind::Webhook(slack) = &chat.kind else {
+        panic!("a webhook")
+    };
+    assert_eq!(slack.url.expose(), SLACK_SECRET);
+    assert!(slack.url.is_secret());
+    assert_eq!(slack.format, WebhookFormat::Slack);
+    assert_eq!(slack.timeout, Duration::from_secs(5));
+    assert_eq!(slack.trust_roots, [d.join("hooks-ca.pem")]);
+
+    assert_eq!(
+        config.notify[2],
+        NotifierConfig {
+            name: "pager".into(),
+            events: vec![EventKind::DeployFailed, EventKind::Expiring],
+            expiring_days: 3,
+            kind: NotifierKind::Exec(CommandSpec {
+                argv: vec![
+                    d.join("bin/page-oncall").display().to_string(),
+                    "--team".into(),
+                    "tls".into()
+                ],
+                timeout: Duration::from_secs(30),
+            }),
+        }
+    );
+
+    // No secret in the debug output.
+    let debug = format!("{config:?}");
+    assert!(!debug.contains(HOOK_SECRET), "{debug}");
+    assert!(!debug.contains(SLACK_SECRET), "{debug}");
+    assert!(debug.contains("env SLACK_URL"), "{debug}");
+}
+
+#[test]
+fn metrics_and_notify_are_optional() {
+    let config = load_str(&with_head(""), Path::new(PATH), &fake_env).expect("valid");
+    assert_eq!(config.metrics, None);
+    assert!(config.notify.is_empty());
+    let src = format!(
+        "{ACME}metrics: {{ textfile: /var/lib/node-exporter/certherd.prom }}\nnotify: []\n{REST}"
+    );
+    let config = load_str(&src, Path::new(PATH), &fake_env).expect("valid");
+    assert_eq!(
+        config.metrics,
+        Some(MetricsConfig {
+            listen: None,
+            textfile: Some(PathBuf::from("/var/lib/node-exporter/certherd.prom")),
+        })
+    );
+    let NotifierKind::Exec(cmd) = load_str(
+        &format!("{ACME}notify:\n  - {{ type: exec, command: [page] }}\n{REST}"),
+        Path::new(PATH),
+        &fake_env,
+    )
+    .expect("valid")
+    .notify[0]
+        .kind
+        .clone()
+    else {
+        panic!("exec")
+    };
+    assert_eq!(cmd.timeout, Duration::from_secs(60));
+}
+
+#[test]
+fn metrics_mistakes_are_positioned() {
+    let src = format!(
+        "{ACME}\
+metrics:
+  listen: localhost:9611
+  textfile: /var/lib/node-exporter/certherd.txt
+  path: /metrics
+{REST}"
+    );
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:4:11: `listen` must be an IP address and port, like \
+             \"127.0.0.1:9611\" or \"[::1]:9611\", not \"localhost:9611\"",
+            "/etc/certherd/certherd.yaml:5:13: `textfile` must end in .prom (node_exporter's \
+             textfile collector reads only *.prom files), not \
+             \"/var/lib/node-exporter/certherd.txt\"",
+            "/etc/certherd/certherd.yaml:6:3: unknown key `path` in `metrics` (expected one of: \
+             listen, textfile)",
+        ],
+    );
+    let src = format!("{ACME}metrics: {{}}\n{REST}");
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:3:10: `metrics` needs `listen` (where `certherd run` \
+           serves /metrics) or `textfile` (a .prom file for node_exporter's textfile collector), \
+           or both",
+        ],
+    );
+}
+
+#[test]
+fn notify_mistakes_are_positioned() {
+    let src = format!(
+        "{ACME}\
+notify:
+  - type: email
+    to: ops@example.com
+  - url: https://hooks.example.com/x
+  - type: webhook
+    url: ftp://hooks.example.com/x
+    format: teams
+    timeout: 0s
+    events: [renewed, renew, renewed]
+    expiring_days: 7
+    command: [curl]
+  - type: exec
+    name: pager
+    events: []
+  - type: exec
+    name: pager
+    command: page
+    expiring_days: 0
+  - type: webhook
+    headers:
+      Content-Type: text/plain
+      \"Bad Name\": x
+      X-Api-Key: inline-key-never-printed
+      x-source: a
+      X-Source: b
+      X-Empty:
+  - just a string
+{REST}"
+    );
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:4:11: `type` must be one of: webhook, exec, not \"email\"",
+            "/etc/certherd/certherd.yaml:6:5: missing key `type` in notifier #2",
+            "/etc/certherd/certherd.yaml:8:10: `url` must be an http:// or https:// URL, like \
+             https://hooks.example.com/certherd, not \"ftp://hooks.example.com/x\"",
+            "/etc/certherd/certherd.yaml:9:13: `format` must be one of: json, slack, not \"teams\"",
+            "/etc/certherd/certherd.yaml:10:14: `timeout` must be longer than 0s",
+            "/etc/certherd/certherd.yaml:11:23: each item of `events` must be one of: renewed, \
+             deploy_failed, verify_mismatch, expiring, not \"renew\"",
+            "/etc/certherd/certherd.yaml:11:30: event renewed is listed twice in `events`",
+            "/etc/certherd/certherd.yaml:13:5: unknown key `command` in notifier #3 (expected \
+             one of: type, name, url, format, headers, timeout, trust_roots, events, \
+             expiring_days)",
+            "/etc/certherd/certherd.yaml:14:5: missing key `command` in notifier \"pager\"",
+            "/etc/certherd/certherd.yaml:16:13: `events` is empty: list at least one of: \
+             renewed, deploy_failed, verify_mismatch, expiring (or leave `events` out for all)",
+            "/etc/certherd/certherd.yaml:18:11: notifier name \"pager\" is used twice (first at \
+             15:11)",
+            "/etc/certherd/certherd.yaml:19:14: `command` must be a list (the program and its \
+             arguments, no shell), like [systemctl, reload, nginx], not \"page\"",
+            "/etc/certherd/certherd.yaml:20:20: `expiring_days` must be a whole number of days, \
+             at least 1, not \"0\"",
+            "/etc/certherd/certherd.yaml:21:5: missing key `url` in notifier #6",
+            "/etc/certherd/certherd.yaml:23:7: header `Content-Type` is set by certherd and \
+             cannot be configured",
+            "/etc/certherd/certherd.yaml:24:7: \"Bad Name\" is not a valid HTTP header name",
+            "/etc/certherd/certherd.yaml:25:18: header `X-Api-Key` carries a credential and is \
+             never written inline: use { env: NAME } or { file: PATH }",
+            "/etc/certherd/certherd.yaml:27:7: header `X-Source` is given twice (first at 26:7)",
+            "/etc/certherd/certherd.yaml:28:14: header `X-Empty` has no value",
+            "/etc/certherd/certherd.yaml:29:5: notifier #7 must be a mapping, not \"just a string\"",
+        ],
+    );
+}
+
+#[test]
+fn expiring_days_needs_the_expiring_event() {
+    let src = format!(
+        "{ACME}\
+notify:
+  - type: exec
+    command: [page]
+    events: [deploy_failed]
+    expiring_days: 3
+{REST}"
+    );
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:7:5: `expiring_days` has no effect: `events` of \
+           notifier #1 does not include expiring",
+        ],
+    );
+}
+
+/// A secret URL or header that is wrong is named by where it comes from,
+/// never shown.
+#[test]
+fn notify_secrets_are_never_shown() {
+    let src = format!(
+        "{ACME}\
+notify:
+  - type: webhook
+    url: {{ env: NOT_A_URL }}
+    headers:
+      Authorization: {{ env: BAD_HEADER }}
+      X-Auth-Token: {{ env: UNSET_TOKEN }}
+  - type: webhook
+    url: {{ env: SLACK_URL }}
+    headers: {{ Authorization: {HOOK_SECRET:?} }}
+{REST}"
+    );
+    let errs = errors(&src);
+    assert_eq!(
+        errs,
+        [
+            "/etc/certherd/certherd.yaml:5:10: the `url` from env NOT_A_URL is not an http:// or \
+             https:// URL",
+            "/etc/certherd/certherd.yaml:7:22: the value of header `Authorization` from env \
+             BAD_HEADER is not a valid HTTP header value (visible ASCII and spaces, one line)",
+            "/etc/certherd/certherd.yaml:8:28: environment variable UNSET_TOKEN (for \
+             `X-Auth-Token`) is not set",
+            "/etc/certherd/certherd.yaml:11:31: header `Authorization` carries a credential and \
+             is never written inline: use { env: NAME } or { file: PATH }",
+        ]
+    );
+    let all = errs.join("\n");
+    for secret in ["never-printed", "never printed", "hook-token"] {
+        assert!(!all.contains(secret), "{all}");
+    }
 }

@@ -98,14 +98,48 @@ impl AcmeHttp {
             .await
             .map(|c| c.to_bytes())
             .unwrap_or_default();
+        let (status, headers, bytes) = self
+            .execute(&parts.method, &parts.uri.to_string(), &parts.headers, body)
+            .await
+            .map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
+        let mut rsp = http::Response::new(Full::new(bytes));
+        *rsp.status_mut() = status;
+        *rsp.headers_mut() = headers;
+        Ok(BytesResponse::from(rsp))
+    }
+
+    /// A plain GET with the same retries as every ACME request: for what
+    /// needs no JWS (the directory, ARI's `renewalInfo`). Any status is
+    /// returned once the retries are done; only a request that never got
+    /// an answer is an error.
+    pub async fn get(&self, url: &str) -> Result<Answer, RequestFailed> {
+        let (status, headers, body) = self
+            .execute(
+                &http::Method::GET,
+                url,
+                &http::HeaderMap::new(),
+                Bytes::new(),
+            )
+            .await?;
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    async fn execute(
+        &self,
+        method: &http::Method,
+        url: &str,
+        headers: &http::HeaderMap,
+        body: Bytes,
+    ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), RequestFailed> {
         let mut delay = self.policy.first_delay;
         let mut attempt = 1;
         loop {
-            let mut rb = self
-                .client
-                .request(parts.method.clone(), parts.uri.to_string())
-                .body(body.clone());
-            for (k, v) in parts.headers.iter() {
+            let mut rb = self.client.request(method.clone(), url).body(body.clone());
+            for (k, v) in headers.iter() {
                 rb = rb.header(k, v);
             }
             let outcome = match rb.send().await {
@@ -119,6 +153,10 @@ impl AcmeHttp {
                 }
                 Err(e) => Err(e),
             };
+            crate::metrics::acme_request(match &outcome {
+                Ok((status, _, _)) => crate::metrics::AcmeOutcome::from_status(status.as_u16()),
+                Err(_) => crate::metrics::AcmeOutcome::NetworkError,
+            });
             let wait = match &outcome {
                 Ok((status, headers, _)) if status.is_server_error() || status.as_u16() == 429 => {
                     retry_after(headers).map(Some).unwrap_or(Some(delay))
@@ -136,27 +174,35 @@ impl AcmeHttp {
                         Ok((s, _, _)) => format!("HTTP {s}"),
                         Err(e) => error_chain(e),
                     };
-                    tracing::debug!(url = %parts.uri, attempt, wait_ms = w.as_millis() as u64, "ACME request failed ({what}); retrying");
+                    tracing::debug!(
+                        url,
+                        attempt,
+                        wait_ms = w.as_millis() as u64,
+                        "ACME request failed ({what}); retrying"
+                    );
                     tokio::time::sleep(w).await;
                     delay = (delay * 2).min(self.policy.max_wait);
                     attempt += 1;
                 }
-                (None, Ok((status, headers, bytes))) => {
-                    let mut rsp = http::Response::new(Full::new(bytes));
-                    *rsp.status_mut() = status;
-                    *rsp.headers_mut() = headers;
-                    return Ok(BytesResponse::from(rsp));
-                }
+                (None, Ok(answer)) => return Ok(answer),
                 (None, Err(e)) => {
-                    return Err(instant_acme::Error::Other(Box::new(RequestFailed {
-                        url: parts.uri.to_string(),
+                    return Err(RequestFailed {
+                        url: url.to_string(),
                         attempts: attempt,
                         cause: error_chain(&e),
-                    })))
+                    })
                 }
             }
         }
     }
+}
+
+/// What a plain GET got back.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
 }
 
 /// A request that could not be completed, after every retry.
@@ -184,7 +230,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// `Retry-After` as seconds or an HTTP date (RFC 9110 §10.2.3).
-fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
     let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));

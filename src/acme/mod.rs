@@ -7,6 +7,7 @@
 //! [`IssueError`] says which step failed and carries the CA's problem
 //! document (RFC 8555 §6.7) when there is one.
 
+pub mod ari;
 pub mod http;
 pub mod keys;
 pub mod solver;
@@ -15,8 +16,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, ExternalAccountKey, Identifier, NewAccount,
-    NewOrder, Order, OrderStatus, Problem,
+    Account, AuthorizationStatus, ChallengeStatus, ChallengeType, ExternalAccountKey, Identifier,
+    NewAccount, NewOrder, Order, OrderStatus, Problem,
 };
 
 use crate::cert::{Bundle, KeyPem};
@@ -193,6 +194,9 @@ pub struct OrderRequest<'a> {
     pub profile: Option<&'a str>,
     /// Reuse this key (when `reuse_key` is set and the key type is unchanged).
     pub reuse_key: Option<KeyPem>,
+    /// The ARI identifier of the certificate this order replaces (RFC 9773
+    /// §5), sent as `replaces` when the CA offers ARI.
+    pub replaces: Option<String>,
 }
 
 pub async fn new_order(account: &Account, req: &OrderRequest<'_>) -> Result<Order, IssueError> {
@@ -213,6 +217,31 @@ pub async fn new_order(account: &Account, req: &OrderRequest<'_>) -> Result<Orde
             });
         }
         new = new.profile(p);
+    }
+    if let Some(replaces) = req.replaces.as_deref() {
+        if let Some(id) = ari::identifier(replaces) {
+            let mut with = NewOrder::new(&identifiers).replaces(id);
+            if let Some(p) = req.profile {
+                with = with.profile(p);
+            }
+            match nonce_retry!(account.new_order(&with)) {
+                Ok(order) => return Ok(order),
+                // The CA offers no ARI: `replaces` means nothing to it.
+                Err(instant_acme::Error::Unsupported(_)) => {}
+                // Not even an answer: ordering again would fail the same way.
+                Err(instant_acme::Error::Other(e)) if e.is::<http::RequestFailed>() => {
+                    return Err(IssueError::NewOrder(http::error_chain(e.as_ref())))
+                }
+                // Refused (already replaced, unknown certificate, ...): an
+                // order without `replaces` is still a good order.
+                Err(e) => tracing::warn!(
+                    certificate = %req.cert.name,
+                    replaces,
+                    error = %describe(&e),
+                    "the CA did not accept `replaces`; ordering again without it"
+                ),
+            }
+        }
     }
     nonce_retry!(account.new_order(&new)).map_err(|e| IssueError::NewOrder(describe(&e)))
 }
@@ -259,6 +288,12 @@ pub async fn complete_order(
 
     let mut presented: Vec<(&Solver, ChallengeData)> = Vec::new();
     let result = solve(order, req, solvers, &mut presented, deadline).await;
+    if matches!(result, Err(IssueError::Invalid(_))) {
+        // One challenge failed and the order with it, but the CA may still be
+        // validating the others: removing their answers now would fail them
+        // too and bury the real cause. Let them finish first.
+        settle(account, order.url()).await;
+    }
     for (solver, ch) in &presented {
         solvers.cleanup(solver, ch).await;
     }
@@ -396,6 +431,38 @@ fn challenge_type(solver: &Solver) -> (&'static str, ChallengeType) {
         Solver::TlsAlpn01 { .. } => ChallengeType::TlsAlpn01,
     };
     (solver.challenge_type(), ctype)
+}
+
+/// How long an invalid order's other challenges are given to finish.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Wait until no challenge of the order is still being validated (bounded).
+async fn settle(account: &Account, url: &str) {
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    let mut backoff = Backoff::new();
+    while Instant::now() < deadline {
+        let Ok(mut fresh) = nonce_retry!(account.order(url.to_string())) else {
+            return;
+        };
+        let mut pending = false;
+        let mut auths = fresh.authorizations();
+        while let Some(authz) = auths.next().await {
+            match authz {
+                Ok(a) if a.status == AuthorizationStatus::Pending => {
+                    pending |= a
+                        .challenges
+                        .iter()
+                        .any(|c| c.status == ChallengeStatus::Processing)
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+        if !pending {
+            return;
+        }
+        backoff.wait().await;
+    }
 }
 
 /// When an order went invalid, find the challenge that failed and say why

@@ -6,10 +6,12 @@
 //!
 //! The layers: [`yaml`] turns text into a tree of positioned nodes and offers
 //! the reader helpers; `validate` walks that tree section by section
-//! (`targets` for the `targets:` lists), with the value checks (domain names,
-//! secrets, addresses) in `values`.
+//! (`targets` for the `targets:` lists, `monitoring` for `metrics:` and
+//! `notify:`), with the value checks (domain names, secrets, addresses) in
+//! `values`.
 
 mod duration;
+mod monitoring;
 mod targets;
 mod types;
 mod validate;
@@ -20,6 +22,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use duration::parse_duration;
+pub use monitoring::{DEFAULT_EXPIRING_DAYS, DEFAULT_NOTIFY_EXEC_TIMEOUT, DEFAULT_WEBHOOK_TIMEOUT};
 pub use types::*;
 
 /// Read and validate the configuration file at `path`; secrets named

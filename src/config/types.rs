@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -20,6 +21,10 @@ pub struct Config {
     pub challenges: BTreeMap<String, Solver>,
     /// Certificates in the order of the file.
     pub certificates: Vec<CertificateConfig>,
+    /// `metrics:`; `None` when the section is absent.
+    pub metrics: Option<MetricsConfig>,
+    /// `notify:`, in the order of the file; empty when the section is absent.
+    pub notify: Vec<NotifierConfig>,
 }
 
 impl Config {
@@ -377,4 +382,144 @@ pub struct VerifyConfig {
     pub server_name: String,
     /// Keep retrying the handshake until this much time has passed.
     pub timeout: Duration,
+}
+
+/// `metrics:` — Prometheus metrics. At least one of the two is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Where `certherd run` serves `GET /metrics`.
+    pub listen: Option<SocketAddr>,
+    /// The file (ending in `.prom`) the one-shot commands write for
+    /// node_exporter's textfile collector.
+    pub textfile: Option<PathBuf>,
+}
+
+/// What a notifier can be told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    /// A certificate was renewed.
+    Renewed,
+    /// A target could not be deployed to.
+    DeployFailed,
+    /// A target does not serve the current certificate (or could not be checked).
+    VerifyMismatch,
+    /// A certificate expires in less than `expiring_days` and is still not renewed.
+    Expiring,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 4] = [
+        EventKind::Renewed,
+        EventKind::DeployFailed,
+        EventKind::VerifyMismatch,
+        EventKind::Expiring,
+    ];
+    /// The configuration (and `CERTHERD_EVENT`, and JSON `event`) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Renewed => "renewed",
+            EventKind::DeployFailed => "deploy_failed",
+            EventKind::VerifyMismatch => "verify_mismatch",
+            EventKind::Expiring => "expiring",
+        }
+    }
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One entry of `notify:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifierConfig {
+    /// How logs name it: the `name` given, else `TYPE #N` (N counts from 1
+    /// in the list), e.g. `webhook #1`.
+    pub name: String,
+    /// The events it is sent, each once, in `EventKind::ALL` order.
+    pub events: Vec<EventKind>,
+    /// An `expiring` event reaches it once the certificate has less than
+    /// this many days left.
+    pub expiring_days: u32,
+    pub kind: NotifierKind,
+}
+
+impl NotifierConfig {
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.events.contains(&kind)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum NotifierKind {
+    Webhook(WebhookConfig),
+    /// A program run once per event, never through a shell.
+    Exec(CommandSpec),
+}
+
+impl NotifierKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            NotifierKind::Webhook(_) => "webhook",
+            NotifierKind::Exec(_) => "exec",
+        }
+    }
+}
+
+/// An HTTP POST per event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookConfig {
+    /// An `http://` or `https://` URL; a secret when it holds a token
+    /// (a Slack incoming-webhook URL does).
+    pub url: Text,
+    pub format: WebhookFormat,
+    /// Extra request headers, in the order of the file (names checked, values
+    /// valid header values).
+    pub headers: Vec<(String, Text)>,
+    /// For each attempt.
+    pub timeout: std::time::Duration,
+    /// Extra PEM roots for an HTTPS receiver with a private CA.
+    pub trust_roots: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookFormat {
+    /// certherd's JSON document: `{"event": ..., "certificate": ..., ...}`.
+    Json,
+    /// `{"text": "..."}`, what Slack (and Mattermost, Rocket.Chat, ...)
+    /// incoming webhooks take.
+    Slack,
+}
+
+impl WebhookFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookFormat::Json => "json",
+            WebhookFormat::Slack => "slack",
+        }
+    }
+}
+
+/// A value written either inline or as a secret (`{ env }` / `{ file }`).
+/// `Debug` shows an inline value, never a secret's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Text {
+    Plain(String),
+    Secret(Secret),
+}
+
+impl Text {
+    pub fn expose(&self) -> &str {
+        match self {
+            Text::Plain(s) => s,
+            Text::Secret(s) => s.expose(),
+        }
+    }
+    pub fn is_secret(&self) -> bool {
+        matches!(self, Text::Secret(_))
+    }
 }

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use super::monitoring;
 use super::targets;
 use super::values;
 use super::yaml::{self, named_entries, peek, Map, Node, Value};
@@ -15,8 +16,15 @@ use super::{
     DnsExec, Eab, KeyType, RenewalPolicy, Rfc2136, Solver, Threshold, Tsig, TsigAlgorithm,
 };
 
-const TOP_KEYS: &[&str] = &["state_dir", "acme", "renewal", "challenges", "certificates"];
-const TOP_LATER: &[&str] = &["metrics", "notify"];
+const TOP_KEYS: &[&str] = &[
+    "state_dir",
+    "acme",
+    "renewal",
+    "metrics",
+    "notify",
+    "challenges",
+    "certificates",
+];
 const ACME_KEYS: &[&str] = &[
     "directory",
     "dry_run_directory",
@@ -78,7 +86,7 @@ pub(super) fn config(
         d.at(root.pos, "the configuration file is empty");
         return None;
     }
-    let top = Map::open(root, "the configuration", TOP_KEYS, TOP_LATER, d)?;
+    let top = Map::open(root, "the configuration", TOP_KEYS, &[], d)?;
 
     let state_dir = top
         .get("state_dir")
@@ -88,6 +96,13 @@ pub(super) fn config(
     let renewal = match top.get("renewal") {
         Some(n) => renewal(n, "`renewal`", &RenewalPolicy::default(), d),
         None => RenewalPolicy::default(),
+    };
+    let metrics = top
+        .get("metrics")
+        .and_then(|n| monitoring::metrics(n, base, d));
+    let notify = match top.get("notify") {
+        Some(n) => monitoring::notify(n, base, env, d),
+        None => Vec::new(),
     };
     let solvers = match top.require("challenges", d) {
         Some(n) => solvers(n, base, env, d),
@@ -108,6 +123,8 @@ pub(super) fn config(
         renewal,
         challenges: solvers.valid,
         certificates,
+        metrics,
+        notify,
     })
 }
 

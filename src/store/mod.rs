@@ -125,6 +125,25 @@ pub struct TargetRecord {
     pub last_error: Option<String>,
 }
 
+/// The CA's suggested renewal window (ARI, RFC 9773) for one certificate,
+/// as last fetched: `certs/<name>/ari.json`. Times are RFC 3339. A record
+/// whose `sha256` is not the current certificate's is ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AriRecord {
+    /// SHA-256 of the certificate the window is for.
+    pub sha256: String,
+    /// Its ARI identifier (RFC 9773 §4.1).
+    pub cert_id: String,
+    pub window_start: String,
+    pub window_end: String,
+    /// The moment chosen inside the window.
+    pub renew_at: String,
+    pub explanation_url: Option<String>,
+    pub fetched_at: String,
+    /// Not asked again before this (the CA's `Retry-After`).
+    pub next_fetch: String,
+}
+
 pub struct Store {
     state_dir: PathBuf,
     ns: PathBuf,
@@ -231,6 +250,10 @@ impl Store {
     pub fn current(&self, name: &str) -> Result<Option<Bundle>, StoreError> {
         let dir = self.cert_dir(name)?;
         let link = dir.join(CURRENT);
+        if let Some(bundle) = load_current_quickly(&link) {
+            return Ok(Some(bundle));
+        }
+        // No certificate, or something amiss: the path that names it.
         match fs::read_link(&link) {
             Ok(target) => load_version(&dir.join(target)).map(Some),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -369,6 +392,34 @@ impl Store {
         let json = serde_json::to_vec_pretty(record).expect("record serializes");
         write_atomic(&p, &json, 0o600).map_err(io_err(&p))
     }
+    fn ari_path(&self, cert: &str) -> Result<PathBuf, StoreError> {
+        Ok(self.cert_dir(cert)?.join("ari.json"))
+    }
+
+    /// The stored ARI window of `cert`, for whichever certificate it was fetched.
+    pub fn ari_record(&self, cert: &str) -> Result<Option<AriRecord>, StoreError> {
+        let p = self.ari_path(cert)?;
+        match read_optional(&p)? {
+            None => Ok(None),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Record {
+                        path: p,
+                        message: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    pub fn save_ari_record(&self, cert: &str, record: &AriRecord) -> Result<(), StoreError> {
+        self.assert_writable();
+        let p = self.ari_path(cert)?;
+        let parent = p.parent().expect("ARI record has a parent");
+        create_dir_all_mode(parent, 0o700).map_err(io_err(parent))?;
+        let json = serde_json::to_vec_pretty(record).expect("record serializes");
+        write_atomic(&p, &json, 0o600).map_err(io_err(&p))
+    }
 }
 
 fn read_optional(p: &Path) -> Result<Option<Vec<u8>>, StoreError> {
@@ -377,6 +428,52 @@ fn read_optional(p: &Path) -> Result<Option<Vec<u8>>, StoreError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(p)(e)),
     }
+}
+
+/// The current version read the quick way, or `None` if anything at all
+/// is unusual (no link, a file missing, damage), and the caller then takes
+/// [`load_version`]'s path, which gives the same bundle or names the error.
+///
+/// `status` and `renew` read every certificate on every pass, so this is
+/// their hot path: the kernel resolves `current` once and the version
+/// directory stays open (the three files come from one version, as with
+/// `read_link`), and each file is opened relative to it and read without
+/// the `statx` and `lseek` that `fs::read_to_string` adds.
+fn load_current_quickly(link: &Path) -> Option<Bundle> {
+    use rustix::buffer::spare_capacity;
+    use rustix::fs::{open, openat, Mode, OFlags};
+    let dir = open(
+        link,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    // Append `file` to `buf`.
+    let read_into = |file: &str, buf: &mut Vec<u8>| -> Option<()> {
+        let fd = openat(&dir, file, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+        loop {
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096);
+            }
+            match rustix::io::read(&fd, spare_capacity(buf)) {
+                Ok(0) => return Some(()),
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return None,
+            }
+        }
+    };
+    let mut buf = Vec::with_capacity(8192);
+    read_into(KEY_FILE, &mut buf)?;
+    let key = KeyPem::new(std::str::from_utf8(&buf).ok()?.to_string());
+    buf.clear();
+    read_into(LEAF_FILE, &mut buf)?;
+    let leaf_len = buf.len();
+    read_into(CHAIN_FILE, &mut buf)?;
+    // Each file must be UTF-8 on its own, as `fs::read_to_string` demands.
+    std::str::from_utf8(&buf[..leaf_len]).ok()?;
+    std::str::from_utf8(&buf[leaf_len..]).ok()?;
+    let leaf_and_chain = std::str::from_utf8(&buf).ok()?;
+    Bundle::from_chain(key, leaf_and_chain).ok()
 }
 
 fn load_version(dir: &Path) -> Result<Bundle, StoreError> {
@@ -552,5 +649,34 @@ pub(crate) mod tests {
         };
         store.save_target_record("example", "web1", &r).unwrap();
         assert_eq!(store.target_record("example", "web1").unwrap(), Some(r));
+    }
+
+    #[test]
+    fn ari_records_round_trip_beside_the_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "https://ca.test/dir", Duration::ZERO).unwrap();
+        assert_eq!(store.ari_record("example").unwrap(), None);
+        let r = AriRecord {
+            sha256: "ab".into(),
+            cert_id: "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE".into(),
+            window_start: "2026-03-01T00:00:00Z".into(),
+            window_end: "2026-03-03T00:00:00Z".into(),
+            renew_at: "2026-03-02T00:00:00Z".into(),
+            explanation_url: None,
+            fetched_at: "2026-02-01T00:00:00Z".into(),
+            next_fetch: "2026-02-01T06:00:00Z".into(),
+        };
+        store.save_ari_record("example", &r).unwrap();
+        assert_eq!(store.ari_record("example").unwrap(), Some(r));
+        // It is no version: installing and listing versions are unaffected.
+        store
+            .install("example", &bundle(&["a.test"], now(), 90), now())
+            .unwrap();
+        assert!(store.previous("example").unwrap().is_empty());
+        assert!(store.current("example").unwrap().is_some());
+        assert!(matches!(
+            store.ari_record("../x"),
+            Err(StoreError::BadName { .. })
+        ));
     }
 }

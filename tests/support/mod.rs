@@ -16,6 +16,7 @@
 // Each test crate compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod ari;
 pub mod bind;
 pub mod nginx;
 pub mod pebble;

@@ -172,6 +172,7 @@ fn answer(tokens: &Tokens, path: &str) -> hyper::Response<Full<Bytes>> {
     let found = path
         .strip_prefix("/.well-known/acme-challenge/")
         .and_then(|t| tokens.lock().unwrap().get(t).cloned());
+    tracing::debug!(path, found = found.is_some(), "http-01 request");
     match found {
         Some(ka) => hyper::Response::builder()
             .header("content-type", "application/octet-stream")

@@ -1,0 +1,462 @@
+//! A small ACME server speaking RFC 9773 (ARI) and ACME profiles in front
+//! of a [`Pebble`], which (Debian's 2.4) has neither.
+//!
+//! - Every request is forwarded to Pebble unchanged (same method, path,
+//!   headers and body; JWS POSTs are not touched, so their signatures hold).
+//!   The client's `Host` header is passed on: Pebble builds every URL it
+//!   hands out (directory, `Location`, `Link`, order and authorization
+//!   URLs) from it, so they all point at the proxy, and it checks a JWS
+//!   `url` against it, so the URL the client signed is the one Pebble
+//!   expects.
+//! - The directory gets `renewalInfo: https://<proxy>/renewal-info`
+//!   ([`AriProxy::set_offer_ari`] turns that off) and, when a test asks,
+//!   `meta.profiles` ([`AriProxy::set_profiles`]).
+//! - `GET /renewal-info/<certID>` answers the window a test chose, for one
+//!   certificate or for all ([`AriProxy::answer_for`], [`AriProxy::answer_all`]),
+//!   with its `Retry-After`; every certID asked for is recorded.
+//! - Every newOrder payload is decoded and recorded
+//!   ([`AriProxy::new_orders`]). Pebble 2.4 ignores the `replaces` and
+//!   `profile` fields (Go's JSON decoding skips unknown fields); the proxy
+//!   reflects both into the order objects it returns, as RFC 9773 §5 asks
+//!   of a server (instant-acme checks `replaces` comes back). With
+//!   [`AriProxy::set_reject_replaces`] an order with `replaces` is refused
+//!   with `alreadyReplaced` instead.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use time::OffsetDateTime;
+
+use super::process::ScratchDir;
+use super::tls::{https_client_trusting, ring_provider, TestCa};
+use super::Pebble;
+
+/// What `GET /renewal-info/<certID>` answers.
+#[derive(Clone, Debug)]
+pub enum RenewalInfoAnswer {
+    /// 200 with this window, `Retry-After: <seconds>` when given.
+    Window {
+        start: OffsetDateTime,
+        end: OffsetDateTime,
+        retry_after: Option<u64>,
+        explanation_url: Option<String>,
+    },
+    /// This status with a problem document.
+    Status(u16),
+}
+
+#[derive(Default)]
+struct State {
+    offer_ari: bool,
+    profiles: Option<BTreeMap<String, String>>,
+    reject_replaces: bool,
+    answers: HashMap<String, RenewalInfoAnswer>,
+    answer_all: Option<RenewalInfoAnswer>,
+    renewal_info_requests: Vec<String>,
+    new_orders: Vec<serde_json::Value>,
+    /// Order path → the fields reflected into it (`replaces`, `profile`).
+    order_fields: HashMap<String, serde_json::Map<String, serde_json::Value>>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    upstream: reqwest::Client,
+    /// `https://127.0.0.1:PORT`, Pebble's listener.
+    pebble_base: String,
+    new_order_path: String,
+    directory_path: String,
+}
+
+/// The proxy; stopped on drop.
+pub struct AriProxy {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    root: PathBuf,
+    runtime: Option<tokio::runtime::Runtime>,
+    _dir: ScratchDir,
+}
+
+impl AriProxy {
+    /// Starts the proxy in front of `pebble`, offering ARI and no profiles,
+    /// answering 404 for every certificate until told otherwise.
+    pub fn start(pebble: &Pebble) -> AriProxy {
+        let dir = ScratchDir::new("certherd-ari-proxy-");
+        let ca = TestCa::new("certherd test CA for the ARI proxy");
+        let leaf = ca.issue(&["localhost", "127.0.0.1"]);
+        let root = dir.path().join("ari-proxy-root.pem");
+        std::fs::write(&root, &ca.cert_pem).expect("write the proxy's root");
+
+        let certs =
+            vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).expect("leaf PEM")];
+        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key PEM");
+        let mut tls = rustls::ServerConfig::builder_with_provider(ring_provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("proxy TLS config");
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("proxy runtime");
+        let directory_url = pebble.directory_url();
+        let (pebble_base, directory_path) = split_url(&directory_url);
+        let upstream = https_client_trusting(&[pebble.ca_tls_root_path()]);
+        let directory = runtime.block_on(async {
+            upstream
+                .get(&directory_url)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .expect("Pebble's directory")
+                .bytes()
+                .await
+                .expect("Pebble's directory")
+        });
+        let directory: serde_json::Value =
+            serde_json::from_slice(&directory).expect("Pebble's directory is JSON");
+        let new_order = directory["newOrder"]
+            .as_str()
+            .expect("newOrder in the directory");
+        let (_, new_order_path) = split_url(new_order);
+
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                offer_ari: true,
+                ..State::default()
+            }),
+            upstream,
+            pebble_base,
+            new_order_path,
+            directory_path,
+        });
+        let accept_shared = shared.clone();
+        runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, shared) = (acceptor.clone(), accept_shared.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |req| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        AriProxy {
+            shared,
+            addr,
+            root,
+            runtime: Some(runtime),
+            _dir: dir,
+        }
+    }
+
+    /// The directory through the proxy: `https://127.0.0.1:PORT/dir`.
+    pub fn directory_url(&self) -> String {
+        format!("https://{}{}", self.addr, self.shared.directory_path)
+    }
+
+    /// The root that signed the proxy's TLS certificate (for `trust_roots`).
+    pub fn tls_root_path(&self) -> &Path {
+        &self.root
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().expect("proxy state")
+    }
+
+    /// Whether the directory offers `renewalInfo` (default: yes).
+    pub fn set_offer_ari(&self, on: bool) {
+        self.state().offer_ari = on;
+    }
+
+    /// Offer these profiles (name → description) in `meta.profiles`.
+    pub fn set_profiles(&self, profiles: &[(&str, &str)]) {
+        self.state().profiles = Some(
+            profiles
+                .iter()
+                .map(|(n, d)| (n.to_string(), d.to_string()))
+                .collect(),
+        );
+    }
+
+    /// Refuse every order that carries `replaces` (`alreadyReplaced`).
+    pub fn set_reject_replaces(&self, on: bool) {
+        self.state().reject_replaces = on;
+    }
+
+    /// Answer this for every certificate without an answer of its own.
+    pub fn answer_all(&self, answer: RenewalInfoAnswer) {
+        self.state().answer_all = Some(answer);
+    }
+
+    /// Answer this for one certificate identifier.
+    pub fn answer_for(&self, cert_id: &str, answer: RenewalInfoAnswer) {
+        self.state().answers.insert(cert_id.to_string(), answer);
+    }
+
+    /// Every certID asked for, in order.
+    pub fn renewal_info_requests(&self) -> Vec<String> {
+        self.state().renewal_info_requests.clone()
+    }
+
+    /// Every newOrder payload, decoded, in order.
+    pub fn new_orders(&self) -> Vec<serde_json::Value> {
+        self.state().new_orders.clone()
+    }
+}
+
+impl Drop for AriProxy {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// `https://host:port/path` → (`https://host:port`, `/path`).
+fn split_url(url: &str) -> (String, String) {
+    let after_scheme = url.find("://").expect("absolute URL") + 3;
+    match url[after_scheme..].find('/') {
+        Some(i) => (
+            url[..after_scheme + i].to_string(),
+            url[after_scheme + i..].to_string(),
+        ),
+        None => (url.to_string(), "/".to_string()),
+    }
+}
+
+fn problem(status: u16, kind: &str, detail: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({
+        "type": format!("urn:ietf:params:acme:error:{kind}"),
+        "detail": detail,
+        "status": status,
+    });
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/problem+json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("problem response")
+}
+
+fn renewal_info(shared: &Shared, cert_id: &str) -> Response<Full<Bytes>> {
+    let answer = {
+        let mut state = shared.state.lock().expect("proxy state");
+        state.renewal_info_requests.push(cert_id.to_string());
+        state
+            .answers
+            .get(cert_id)
+            .or(state.answer_all.as_ref())
+            .cloned()
+    };
+    let rfc3339 = |t: OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .expect("RFC 3339")
+    };
+    match answer {
+        None => problem(404, "malformed", "no such certificate"),
+        Some(RenewalInfoAnswer::Status(status)) => {
+            problem(status, "serverInternal", "renewal information unavailable")
+        }
+        Some(RenewalInfoAnswer::Window {
+            start,
+            end,
+            retry_after,
+            explanation_url,
+        }) => {
+            let mut body = serde_json::json!({
+                "suggestedWindow": {"start": rfc3339(start), "end": rfc3339(end)},
+            });
+            if let Some(url) = explanation_url {
+                body["explanationURL"] = url.into();
+            }
+            let mut rsp = Response::builder()
+                .status(200)
+                .header("content-type", "application/json");
+            if let Some(secs) = retry_after {
+                rsp = rsp.header("retry-after", secs.to_string());
+            }
+            rsp.body(Full::new(Bytes::from(body.to_string())))
+                .expect("renewalInfo response")
+        }
+    }
+}
+
+/// The decoded payload of a flattened JWS.
+fn jws_payload(body: &[u8]) -> Option<serde_json::Value> {
+    let jws: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(jws["payload"].as_str()?)
+        .ok()?;
+    serde_json::from_slice(&payload).ok()
+}
+
+async fn handle(shared: &Shared, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return problem(400, "malformed", &format!("reading the body: {e}")),
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    if parts.method == hyper::Method::GET {
+        if let Some(cert_id) = path.strip_prefix("/renewal-info/") {
+            return renewal_info(shared, cert_id);
+        }
+    }
+    let host = parts
+        .headers
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost")
+        .to_string();
+
+    // A new order: record what it asks for; refuse `replaces` if told to.
+    let mut reflect = serde_json::Map::new();
+    if parts.method == hyper::Method::POST && path == shared.new_order_path {
+        let payload = jws_payload(&body).unwrap_or(serde_json::Value::Null);
+        for field in ["replaces", "profile"] {
+            if let Some(v) = payload.get(field) {
+                reflect.insert(field.to_string(), v.clone());
+            }
+        }
+        let reject = {
+            let mut state = shared.state.lock().expect("proxy state");
+            state.new_orders.push(payload);
+            state.reject_replaces && reflect.contains_key("replaces")
+        };
+        if reject {
+            return problem(
+                409,
+                "alreadyReplaced",
+                "the certificate has already been replaced",
+            );
+        }
+    }
+
+    // Forward, with the client's Host: Pebble's URLs then name the proxy.
+    let mut forward = shared
+        .upstream
+        .request(
+            parts.method.clone(),
+            format!("{}{path}", shared.pebble_base),
+        )
+        .header(hyper::header::HOST, &host)
+        .body(body);
+    for (k, v) in parts.headers.iter() {
+        if !matches!(
+            k.as_str(),
+            "host" | "content-length" | "connection" | "transfer-encoding"
+        ) {
+            forward = forward.header(k, v);
+        }
+    }
+    let upstream = match forward.send().await {
+        Ok(r) => r,
+        Err(e) => return problem(502, "serverInternal", &format!("Pebble: {e}")),
+    };
+    let status = upstream.status();
+    let headers = upstream.headers().clone();
+    let mut bytes = upstream.bytes().await.unwrap_or_default();
+
+    let location_path = headers
+        .get(hyper::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .map(|l| split_url(l).1);
+    let edit = |bytes: &Bytes, f: &dyn Fn(&mut serde_json::Value)| -> Bytes {
+        match serde_json::from_slice::<serde_json::Value>(bytes) {
+            Ok(mut v) if v.is_object() => {
+                f(&mut v);
+                Bytes::from(v.to_string())
+            }
+            _ => bytes.clone(),
+        }
+    };
+    if parts.method == hyper::Method::GET && path == shared.directory_path && status.is_success() {
+        let (offer_ari, profiles) = {
+            let state = shared.state.lock().expect("proxy state");
+            (state.offer_ari, state.profiles.clone())
+        };
+        bytes = edit(&bytes, &|dir| {
+            if offer_ari {
+                dir["renewalInfo"] = format!("https://{host}/renewal-info").into();
+            }
+            if let Some(profiles) = &profiles {
+                if !dir["meta"].is_object() {
+                    dir["meta"] = serde_json::json!({});
+                }
+                dir["meta"]["profiles"] = serde_json::json!(profiles);
+            }
+        });
+    } else if parts.method == hyper::Method::POST && status.is_success() {
+        // Reflect `replaces` and `profile` into the new order and every
+        // later fetch of it.
+        let fields = if path == shared.new_order_path {
+            if let Some(order) = &location_path {
+                shared
+                    .state
+                    .lock()
+                    .expect("proxy state")
+                    .order_fields
+                    .insert(order.clone(), reflect.clone());
+            }
+            Some(reflect)
+        } else {
+            shared
+                .state
+                .lock()
+                .expect("proxy state")
+                .order_fields
+                .get(&path)
+                .cloned()
+        };
+        if let Some(fields) = fields.filter(|f| !f.is_empty()) {
+            bytes = edit(&bytes, &|order| {
+                for (k, v) in &fields {
+                    order[k] = v.clone();
+                }
+            });
+        }
+    }
+
+    let mut rsp =
+        Response::builder().status(StatusCode::from_u16(status.as_u16()).expect("status"));
+    for (k, v) in headers.iter() {
+        if !matches!(
+            k.as_str(),
+            "content-length" | "connection" | "transfer-encoding"
+        ) {
+            rsp = rsp.header(k, v);
+        }
+    }
+    rsp.body(Full::new(bytes)).expect("forwarded response")
+}
