@@ -695,35 +695,23 @@ impl History {
     /// `<state_dir>/ca/<namespace>/metrics.json`: beside the CA's
     /// certificates, like everything else that belongs to them.
     pub fn path(state_dir: &Path, directory_url: &str) -> PathBuf {
-        state_dir
-            .join("ca")
-            .join(crate::store::namespace(directory_url))
-            .join("metrics.json")
+        crate::store::namespace_file(state_dir, directory_url, "metrics.json")
     }
 
     /// The history at `path`; empty when there is none (or it is damaged,
     /// which is logged).
     pub fn load(path: &Path) -> History {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(path = %path.display(), error = %e, "damaged metrics history; starting afresh");
-                History::default()
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => History::default(),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read the metrics history; starting afresh");
-                History::default()
-            }
-        }
+        crate::store::read_json(path)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the metrics history; starting afresh");
+                None
+            })
+            .unwrap_or_default()
     }
 
     /// Write it atomically (mode 0600; the folder is created 0700 if missing).
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        if let Some(dir) = path.parent() {
-            crate::store::fsutil::create_dir_all_mode(dir, 0o700)?;
-        }
-        let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        crate::store::fsutil::write_atomic(path, &json, 0o600)
+        crate::store::write_json(path, self)
     }
 
     /// Take in what a pass did: renewals and failures, and each target's

@@ -589,35 +589,23 @@ fn parse_time(s: &str) -> Option<OffsetDateTime> {
 impl ExpiryAlerts {
     /// `<state_dir>/ca/<namespace>/alerts.json`.
     pub fn path(state_dir: &Path, directory_url: &str) -> PathBuf {
-        state_dir
-            .join("ca")
-            .join(crate::store::namespace(directory_url))
-            .join("alerts.json")
+        crate::store::namespace_file(state_dir, directory_url, "alerts.json")
     }
 
     /// The alerts at `path`; none when there is no file (or a damaged one,
     /// which is logged: alerts then start over).
     pub fn load(path: &Path) -> ExpiryAlerts {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(path = %path.display(), error = %e, "damaged alert state; starting afresh");
-                ExpiryAlerts::default()
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => ExpiryAlerts::default(),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read the alert state; starting afresh");
-                ExpiryAlerts::default()
-            }
-        }
+        crate::store::read_json(path)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the alert state; starting afresh");
+                None
+            })
+            .unwrap_or_default()
     }
 
     /// Write it atomically (mode 0600; the folder is created 0700 if missing).
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        if let Some(dir) = path.parent() {
-            crate::store::fsutil::create_dir_all_mode(dir, 0o700)?;
-        }
-        let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        crate::store::fsutil::write_atomic(path, &json, 0o600)
+        crate::store::write_json(path, self)
     }
 
     /// Decide about one certificate after a pass: an `expiring` event when it

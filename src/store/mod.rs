@@ -365,18 +365,7 @@ impl Store {
         cert: &str,
         target: &str,
     ) -> Result<Option<TargetRecord>, StoreError> {
-        let p = self.target_path(cert, target)?;
-        match read_optional(&p)? {
-            None => Ok(None),
-            Some(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| StoreError::Record {
-                        path: p,
-                        message: e.to_string(),
-                    })
-            }
-        }
+        read_json(&self.target_path(cert, target)?)
     }
 
     pub fn save_target_record(
@@ -387,39 +376,55 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.assert_writable();
         let p = self.target_path(cert, target)?;
-        let parent = p.parent().expect("target record has a parent");
-        create_dir_all_mode(parent, 0o700).map_err(io_err(parent))?;
-        let json = serde_json::to_vec_pretty(record).expect("record serializes");
-        write_atomic(&p, &json, 0o600).map_err(io_err(&p))
+        write_json(&p, record).map_err(io_err(&p))
     }
+
     fn ari_path(&self, cert: &str) -> Result<PathBuf, StoreError> {
         Ok(self.cert_dir(cert)?.join("ari.json"))
     }
 
     /// The stored ARI window of `cert`, for whichever certificate it was fetched.
     pub fn ari_record(&self, cert: &str) -> Result<Option<AriRecord>, StoreError> {
-        let p = self.ari_path(cert)?;
-        match read_optional(&p)? {
-            None => Ok(None),
-            Some(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| StoreError::Record {
-                        path: p,
-                        message: e.to_string(),
-                    })
-            }
-        }
+        read_json(&self.ari_path(cert)?)
     }
 
     pub fn save_ari_record(&self, cert: &str, record: &AriRecord) -> Result<(), StoreError> {
         self.assert_writable();
         let p = self.ari_path(cert)?;
-        let parent = p.parent().expect("ARI record has a parent");
-        create_dir_all_mode(parent, 0o700).map_err(io_err(parent))?;
-        let json = serde_json::to_vec_pretty(record).expect("record serializes");
-        write_atomic(&p, &json, 0o600).map_err(io_err(&p))
+        write_json(&p, record).map_err(io_err(&p))
     }
+}
+
+/// The path of a file that belongs to one CA's namespace, beside its
+/// certificates: `<state_dir>/ca/<namespace>/<file>`.
+pub fn namespace_file(state_dir: &Path, directory_url: &str, file: &str) -> PathBuf {
+    state_dir
+        .join("ca")
+        .join(namespace(directory_url))
+        .join(file)
+}
+
+/// A JSON record; `Ok(None)` when there is none, an error naming the path
+/// when it cannot be read or parsed.
+pub fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<Option<T>, StoreError> {
+    match read_optional(p)? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Record {
+                path: p.to_path_buf(),
+                message: e.to_string(),
+            }),
+    }
+}
+
+/// Write a JSON record atomically, mode 0600, creating its folder (0700).
+pub fn write_json<T: Serialize>(p: &Path, value: &T) -> io::Result<()> {
+    if let Some(parent) = p.parent() {
+        create_dir_all_mode(parent, 0o700)?;
+    }
+    let json = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    write_atomic(p, &json, 0o600)
 }
 
 fn read_optional(p: &Path) -> Result<Option<Vec<u8>>, StoreError> {
