@@ -58,10 +58,26 @@ pub async fn run(
     env: &[(String, String)],
     timeout: Duration,
 ) -> Result<CommandOutcome, SpawnError> {
+    run_with_stdin(argv, env, None, timeout).await
+}
+
+/// [`run`], with `stdin` written to the child's standard input (then
+/// closed); `None` gives it no input at all, as `run` does. The child may
+/// stop reading early: a failed write is not an error, its exit status is.
+pub async fn run_with_stdin(
+    argv: &[String],
+    env: &[(String, String)],
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<CommandOutcome, SpawnError> {
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -71,9 +87,17 @@ pub async fn run(
     })?;
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
+    let input = child.stdin.take();
+    let write = async move {
+        if let (Some(mut pipe), Some(bytes)) = (input, stdin) {
+            use tokio::io::AsyncWriteExt;
+            let _ = pipe.write_all(&bytes).await;
+            let _ = pipe.shutdown().await;
+        }
+    };
     let read = async {
         let (mut o, mut e) = (Vec::new(), Vec::new());
-        let _ = tokio::join!(out.read_to_end(&mut o), err.read_to_end(&mut e));
+        let _ = tokio::join!(out.read_to_end(&mut o), err.read_to_end(&mut e), write);
         (o, e)
     };
     let waited = tokio::time::timeout(timeout, async {
@@ -150,6 +174,19 @@ mod tests {
             o.summary(),
             "`sh -c echo out; echo err >&2; exit 3` exited 3: err"
         );
+    }
+
+    #[tokio::test]
+    async fn feeds_stdin() {
+        let o = run_with_stdin(
+            &argv(&["sh", "-c", "head -n 1; exit 4"]),
+            &[],
+            Some(b"one\ntwo\n".to_vec()),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!((o.code, o.stdout.as_str()), (Some(4), "one\n"));
     }
 
     #[tokio::test]

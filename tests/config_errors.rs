@@ -542,8 +542,8 @@ certificates:
     assert_errors(
         src,
         &[
-            "/etc/certherd/certherd.yaml:24:15: target type `ssh` is not supported by this \
-             version of certherd yet",
+            "/etc/certherd/certherd.yaml:23:9: target \"lb1\" writes no file: set at least \
+             one of cert, chain, fullchain, key, combined",
             "/etc/certherd/certherd.yaml:27:15: target type `webhook` is not supported by this \
              version of certherd yet",
             "/etc/certherd/certherd.yaml:31:9: unknown key `colour` in target \"web1\" (expected \

@@ -7,7 +7,8 @@ use std::time::Duration;
 use super::values;
 use super::yaml::{self, peek, Map, Node, Value};
 use super::{
-    CommandSpec, Diag, ExecTarget, FileSet, FileTarget, TargetConfig, TargetKind, VerifyConfig,
+    CommandSpec, Diag, ExecTarget, FileSet, FileTarget, SshTarget, TargetConfig, TargetKind,
+    VerifyConfig,
 };
 
 const FILE_KEYS: &[&str] = &[
@@ -34,9 +35,30 @@ const EXEC_KEYS: &[&str] = &[
     "reload_timeout",
     "verify",
 ];
-const SUPPORTED_TYPES: &[&str] = &["file", "exec"];
+const SSH_KEYS: &[&str] = &[
+    "name",
+    "type",
+    "host",
+    "port",
+    "user",
+    "identity",
+    "known_hosts",
+    "jump",
+    "cert",
+    "chain",
+    "fullchain",
+    "key",
+    "combined",
+    "mode",
+    "owner",
+    "group",
+    "reload",
+    "reload_timeout",
+    "verify",
+];
+const SUPPORTED_TYPES: &[&str] = &["file", "exec", "ssh"];
 /// Target types the interface describes that this version does not deploy to.
-const LATER_TYPES: &[&str] = &["ssh", "haproxy", "webhook"];
+const LATER_TYPES: &[&str] = &["haproxy", "webhook"];
 const VERIFY_KEYS: &[&str] = &["connect", "server_name", "timeout"];
 const FILE_SLOTS: [&str; 5] = ["cert", "chain", "fullchain", "key", "combined"];
 
@@ -125,6 +147,7 @@ fn target(
     let keys = match ty {
         "file" => FILE_KEYS,
         "exec" => EXEC_KEYS,
+        "ssh" => SSH_KEYS,
         _ if LATER_TYPES.contains(&ty) => {
             d.at(
                 ty_node.pos,
@@ -146,10 +169,10 @@ fn target(
     };
     let m = Map::open(node, what, keys, &[], d)?;
 
-    let kind = if ty == "file" {
-        file_target(&m, base, d).map(TargetKind::File)
-    } else {
-        exec_target(&m, base, d).map(TargetKind::Exec)
+    let kind = match ty {
+        "file" => file_target(&m, base, false, d).map(TargetKind::File),
+        "ssh" => ssh_target(&m, base, d).map(TargetKind::Ssh),
+        _ => exec_target(&m, base, d).map(TargetKind::Exec),
     };
     let reload_timeout = m
         .get("reload_timeout")
@@ -175,13 +198,35 @@ fn target(
     })
 }
 
-fn file_target(m: &Map<'_>, base: &Path, d: &mut Diag) -> Option<FileTarget> {
+/// The file keys of a `file` target, or of an `ssh` target (`remote`: paths
+/// on the remote host, which must be absolute).
+fn file_target(m: &Map<'_>, base: &Path, remote: bool, d: &mut Diag) -> Option<FileTarget> {
     let mut files = FileSet::default();
     let mut written: Vec<(PathBuf, &str)> = Vec::new();
+    let mut bad_remote = false;
     for slot in FILE_SLOTS {
         let Some(n) = m.get(slot) else { continue };
-        let Some(p) = values::path(n, &format!("`{slot}`"), base, d) else {
-            continue;
+        let p = if remote {
+            let Some(s) = yaml::nonempty_string(n, &format!("`{slot}`"), d) else {
+                continue;
+            };
+            let p = PathBuf::from(&s);
+            if !p.is_absolute() || p.file_name().is_none() {
+                d.at(
+                    n.pos,
+                    format!(
+                        "`{slot}` is a file on the remote host and must be an absolute path, not {s:?}"
+                    ),
+                );
+                bad_remote = true;
+                continue;
+            }
+            p
+        } else {
+            let Some(p) = values::path(n, &format!("`{slot}`"), base, d) else {
+                continue;
+            };
+            p
         };
         if let Some((_, other)) = written.iter().find(|(q, _)| *q == p) {
             d.at(
@@ -220,7 +265,10 @@ fn file_target(m: &Map<'_>, base: &Path, d: &mut Diag) -> Option<FileTarget> {
     let group = m
         .get("group")
         .and_then(|n| yaml::nonempty_string(n, "`group`", d));
-    if !any_given || written.len() != FILE_SLOTS.iter().filter(|s| m.get(s).is_some()).count() {
+    if bad_remote
+        || !any_given
+        || written.len() != FILE_SLOTS.iter().filter(|s| m.get(s).is_some()).count()
+    {
         return None;
     }
     Some(FileTarget {
@@ -229,6 +277,98 @@ fn file_target(m: &Map<'_>, base: &Path, d: &mut Diag) -> Option<FileTarget> {
         owner,
         group,
     })
+}
+
+fn ssh_target(m: &Map<'_>, base: &Path, d: &mut Diag) -> Option<SshTarget> {
+    let host = m.require("host", d).and_then(|n| {
+        let s = yaml::nonempty_string(n, "`host`", d)?;
+        ssh_host(&s, "`host`", n, d)
+    });
+    let port = match m.get("port") {
+        Some(n) => {
+            let p = n
+                .scalar()
+                .filter(|_| n.is_plain())
+                .and_then(|s| s.parse::<u16>().ok())
+                .filter(|p| *p > 0);
+            if p.is_none() {
+                d.at(
+                    n.pos,
+                    format!(
+                        "`port` must be a port number from 1 to 65535, not {}",
+                        n.describe()
+                    ),
+                );
+            }
+            p
+        }
+        None => Some(22),
+    };
+    let mut ok = true;
+    let user = match m.get("user") {
+        Some(n) => match yaml::nonempty_string(n, "`user`", d) {
+            Some(u) if u.starts_with('-') || u.contains(['@', ' ', '\t', '\n']) => {
+                d.at(n.pos, format!("`user` {u:?} is not a valid user name"));
+                ok = false;
+                None
+            }
+            Some(u) => Some(u),
+            None => {
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
+    let mut local_path = |key: &str, ok: &mut bool| match m.get(key) {
+        Some(n) => {
+            let p = values::path(n, &format!("`{key}`"), base, d);
+            *ok &= p.is_some();
+            p
+        }
+        None => None,
+    };
+    let identity = local_path("identity", &mut ok);
+    let known_hosts = local_path("known_hosts", &mut ok);
+    let jump = match m.get("jump") {
+        Some(n) => match yaml::nonempty_string(n, "`jump`", d) {
+            Some(j) => {
+                let j2 = ssh_host(&j, "`jump`", n, d);
+                ok &= j2.is_some();
+                j2
+            }
+            None => {
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
+    let files = file_target(m, base, true, d);
+    if !ok {
+        return None;
+    }
+    Some(SshTarget {
+        host: host?,
+        port: port?,
+        user,
+        identity,
+        known_hosts,
+        jump,
+        files: files?,
+    })
+}
+
+/// A host name or address ssh is given on its command line: never an option.
+fn ssh_host(s: &str, label: &str, n: &Node, d: &mut Diag) -> Option<String> {
+    if s.starts_with('-') || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        d.at(
+            n.pos,
+            format!("{label} must be a host name or address, not {s:?}"),
+        );
+        return None;
+    }
+    Some(s.to_string())
 }
 
 fn exec_target(m: &Map<'_>, base: &Path, d: &mut Diag) -> Option<ExecTarget> {

@@ -338,6 +338,7 @@ pub struct TargetConfig {
 pub enum TargetKind {
     File(FileTarget),
     Exec(ExecTarget),
+    Ssh(SshTarget),
 }
 
 impl TargetKind {
@@ -345,6 +346,7 @@ impl TargetKind {
         match self {
             TargetKind::File(_) => "file",
             TargetKind::Exec(_) => "exec",
+            TargetKind::Ssh(_) => "ssh",
         }
     }
 }
@@ -367,6 +369,24 @@ pub struct FileTarget {
     pub mode: u32,
     pub owner: Option<String>,
     pub group: Option<String>,
+}
+
+/// The `ssh` target: the files of a `file` target, written on a remote host
+/// through the system OpenSSH client; `reload` runs there too.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SshTarget {
+    pub host: String,
+    pub port: u16,
+    /// `None`: ssh's own choice (its configuration, else the local user).
+    pub user: Option<String>,
+    /// A private key file on this machine; `None`: ssh's own keys and agent.
+    pub identity: Option<PathBuf>,
+    /// The only known_hosts file trusted; `None`: ssh's own files.
+    pub known_hosts: Option<PathBuf>,
+    /// A host to connect through (ssh's `-J`).
+    pub jump: Option<String>,
+    /// Remote paths (absolute), mode, owner and group.
+    pub files: FileTarget,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -20,7 +20,7 @@ use crate::store::fsutil;
 const PUBLIC_MODE: u32 = 0o644;
 
 /// The files of a target with their content and mode.
-fn contents(t: &FileTarget, b: &Bundle) -> Vec<(PathBuf, String, u32)> {
+pub(super) fn contents(t: &FileTarget, b: &Bundle) -> Vec<(PathBuf, String, u32)> {
     let mut out = Vec::new();
     let f = &t.files;
     let mut add = |p: &Option<PathBuf>, c: String, secret: bool| {
@@ -121,7 +121,7 @@ pub fn preflight(t: &FileTarget) -> Vec<String> {
     problems
 }
 
-fn placeholder() -> Bundle {
+pub(super) fn placeholder() -> Bundle {
     Bundle {
         key: crate::cert::KeyPem::new(String::new()),
         leaf_pem: String::new(),

@@ -5,6 +5,7 @@
 
 pub mod exec;
 pub mod file;
+pub mod ssh;
 
 use std::path::PathBuf;
 
@@ -75,23 +76,32 @@ pub async fn deploy(
             Ok(Deployed::default())
         }
         TargetKind::Exec(e) => exec::run(cert_name, target, e, bundle, files).await,
+        TargetKind::Ssh(s) => {
+            ssh::write(&target.name, s, bundle).await?;
+            Ok(Deployed::default())
+        }
     }
 }
 
 /// Whether the target already holds `bundle` as far as can be seen locally
-/// (`None`: cannot tell, e.g. an exec target).
+/// (`None`: cannot tell, e.g. an exec target, or an ssh target without
+/// going over the network).
 pub fn holds(target: &TargetConfig, bundle: &Bundle) -> Option<bool> {
     match &target.kind {
         TargetKind::File(f) => Some(file::holds(f, bundle)),
-        TargetKind::Exec(_) => None,
+        TargetKind::Exec(_) | TargetKind::Ssh(_) => None,
     }
 }
 
-/// Run the target's reload command, if it has one.
+/// Run the target's reload command, if it has one (an ssh target's on its
+/// remote host).
 pub async fn reload(target: &TargetConfig) -> Result<Option<CommandOutcome>, DeployError> {
     let Some(cmd) = &target.reload else {
         return Ok(None);
     };
+    if let TargetKind::Ssh(s) = &target.kind {
+        return ssh::reload(&target.name, s, cmd).await.map(Some);
+    }
     let outcome = process::run(&cmd.argv, &[], cmd.timeout).await?;
     if outcome.success() {
         Ok(Some(outcome))
@@ -118,8 +128,9 @@ pub async fn preflight(target: &TargetConfig) -> Vec<String> {
                 ));
             }
         }
+        TargetKind::Ssh(s) => problems.extend(ssh::preflight(s, target.reload.as_ref()).await),
     }
-    if let Some(r) = &target.reload {
+    if let (Some(r), false) = (&target.reload, matches!(target.kind, TargetKind::Ssh(_))) {
         if process::find_program(&r.argv[0]).is_none() {
             problems.push(format!(
                 "reload command {:?} is not an executable file",

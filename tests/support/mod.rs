@@ -23,6 +23,7 @@ pub mod pebble;
 pub mod powerdns;
 pub mod process;
 pub mod run;
+pub mod sshd;
 pub mod tls;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,413 @@
+//! The `ssh` target: the files of a `file` target, written on a remote host
+//! through the system OpenSSH client (`ssh`), and `reload` run there.
+//!
+//! certherd runs `ssh` itself (an argv, no local shell, with a deadline),
+//! always with `BatchMode=yes` and `StrictHostKeyChecking=yes`: an unknown
+//! or changed host key fails the deployment, it is never accepted. ssh's
+//! own configuration (`~/.ssh/config`, agent, `ProxyJump`) still applies to
+//! what the target does not set.
+//!
+//! All files go in one remote command: a POSIX `sh` script (on the remote
+//! side a shell is unavoidable; every path in it is single-quoted) reads the
+//! contents from stdin, line-counted, writes each file to
+//! `<dir>/.certherd-tmp-<name>-<random>` with umask 077, sets mode, owner
+//! and group, syncs, and only when every file is written renames them all
+//! into place. On any failure it removes its temp files and exits 1 with a
+//! message naming the path. Private keys never appear on a command line.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::cert::Bundle;
+use crate::config::{CommandSpec, SshTarget};
+use crate::deploy::DeployError;
+use crate::process::{self, CommandOutcome};
+
+/// How long writing the files (connection included) may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the `--dry-run` check may take.
+const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(30);
+/// ssh's own exit status for its errors (connection, authentication, host key).
+const SSH_FAILED: i32 = 255;
+
+/// `'…'` for a POSIX shell: the string, single-quoted, with `'` as `'\''`.
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// How ssh and known_hosts name the host: `host`, or `[host]:port`.
+pub fn host_label(t: &SshTarget) -> String {
+    if t.port == 22 {
+        t.host.clone()
+    } else {
+        format!("[{}]:{}", t.host, t.port)
+    }
+}
+
+/// The local `ssh` argv that runs `remote_command` on the target's host.
+pub fn ssh_argv(t: &SshTarget, remote_command: &str) -> Vec<String> {
+    let mut argv: Vec<String> = ["ssh", "-T", "-o", "BatchMode=yes", "-o"]
+        .map(String::from)
+        .to_vec();
+    argv.push("StrictHostKeyChecking=yes".into());
+    argv.extend(["-o".into(), "ConnectTimeout=15".into()]);
+    if let Some(kh) = &t.known_hosts {
+        argv.extend([
+            "-o".into(),
+            format!("UserKnownHostsFile={}", kh.display()),
+            "-o".into(),
+            "GlobalKnownHostsFile=/dev/null".into(),
+        ]);
+    }
+    if let Some(id) = &t.identity {
+        argv.extend([
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-i".into(),
+            id.display().to_string(),
+        ]);
+    }
+    argv.extend(["-p".into(), t.port.to_string()]);
+    if let Some(u) = &t.user {
+        argv.extend(["-l".into(), u.clone()]);
+    }
+    if let Some(j) = &t.jump {
+        argv.extend(["-J".into(), j.clone()]);
+    }
+    argv.extend(["--".into(), t.host.clone(), remote_command.to_string()]);
+    argv
+}
+
+/// What ssh's stderr says went wrong, in an operator's words, when ssh
+/// itself failed (exit 255).
+fn ssh_problem(t: &SshTarget, outcome: &CommandOutcome) -> String {
+    let label = host_label(t);
+    let known = match &t.known_hosts {
+        Some(p) => p.display().to_string(),
+        None => "ssh's known_hosts files".to_string(),
+    };
+    let err = outcome.stderr.trim();
+    let what = if outcome.timed_out {
+        "ssh timed out".to_string()
+    } else if err.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || err.contains("differs from the key for the IP address")
+    {
+        format!("host key for {label} does not match the one in {known} (it changed); refusing to connect")
+    } else if err.contains("Host key verification failed") {
+        format!("host key for {label} is not in {known}; refusing to connect")
+    } else if err.contains("Permission denied") {
+        format!("authentication to {label} failed")
+    } else {
+        format!("cannot connect to {label}")
+    };
+    if err.is_empty() || outcome.timed_out {
+        what
+    } else {
+        format!("{what}: ssh said: {}", one_line(err))
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '@'))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// The files with content and mode, as a `file` target would write them.
+fn contents(t: &SshTarget, b: &Bundle) -> Vec<(std::path::PathBuf, String, u32)> {
+    super::file::contents(&t.files, b)
+}
+
+/// The remote script writing every file, and what it reads on stdin.
+pub fn write_script(t: &SshTarget, b: &Bundle, nonce: &str) -> (String, Vec<u8>) {
+    let files = contents(t, b);
+    let mut stdin = Vec::new();
+    let mut temps = Vec::new();
+    for (i, (path, _, _)) in files.iter().enumerate() {
+        let dir = path
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        temps.push(format!("{dir}/.certherd-tmp-{name}-{nonce}-{i}"));
+    }
+    let all_temps: Vec<String> = temps.iter().map(|p| quote(p)).collect();
+    let mut s = String::new();
+    s.push_str("umask 077\n");
+    let _ = writeln!(
+        s,
+        "fail() {{ rm -f -- {} 2>/dev/null; echo \"certherd: $1\" >&2; exit 1; }}",
+        all_temps.join(" ")
+    );
+    // Reads $1 lines from stdin, writes them to stdout. `read` never reads
+    // past a newline, so the next file's lines stay on stdin.
+    s.push_str(
+        "recv() { i=0; while [ \"$i\" -lt \"$1\" ]; do IFS= read -r l || return 1; \
+         printf '%s\\n' \"$l\" || return 1; i=$((i+1)); done; }\n",
+    );
+    for (i, (path, content, mode)) in files.iter().enumerate() {
+        let (lines, body) = line_counted(content);
+        stdin.extend_from_slice(body.as_bytes());
+        let tmp = &all_temps[i];
+        let dest = path.display().to_string();
+        let cannot = |what: &str| quote(&format!("cannot {what} {dest}"));
+        let _ = writeln!(s, "recv {lines} > {tmp} || fail {}", cannot("write"));
+        let _ = writeln!(
+            s,
+            "chmod {mode:o} {tmp} || fail {}",
+            cannot("set the mode of")
+        );
+        if let Some(o) = &t.files.owner {
+            let _ = writeln!(
+                s,
+                "chown -- {} {tmp} || fail {}",
+                quote(o),
+                cannot("set the owner of")
+            );
+        }
+        if let Some(g) = &t.files.group {
+            let _ = writeln!(
+                s,
+                "chgrp -- {} {tmp} || fail {}",
+                quote(g),
+                cannot("set the group of")
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "sync -- {} 2>/dev/null || sync 2>/dev/null || :",
+        all_temps.join(" ")
+    );
+    for (i, (path, _, _)) in files.iter().enumerate() {
+        let dest = path.display().to_string();
+        let _ = writeln!(
+            s,
+            "mv -f -- {} {} || fail {}",
+            all_temps[i],
+            quote(&dest),
+            quote(&format!("cannot rename a temp file to {dest}"))
+        );
+    }
+    (s, stdin)
+}
+
+/// The content as whole lines, and how many: a missing final newline is added
+/// (PEM always has one).
+fn line_counted(content: &str) -> (usize, String) {
+    let mut body = content.to_string();
+    if !body.is_empty() && !body.ends_with('\n') {
+        body.push('\n');
+    }
+    (body.matches('\n').count(), body)
+}
+
+fn nonce() -> String {
+    use rand::Rng;
+    let n: u64 = rand::rng().random();
+    format!("{n:016x}")
+}
+
+/// `sh -c '<script>'`: the remote login shell may be any shell.
+fn remote_sh(script: &str) -> String {
+    format!("sh -c {}", quote(script))
+}
+
+fn ssh_error(target: &str, t: &SshTarget, outcome: &CommandOutcome) -> DeployError {
+    DeployError::Command(format!(
+        "ssh target {target:?}: {}",
+        ssh_problem(t, outcome)
+    ))
+}
+
+/// Write every file on the remote host; they change together.
+pub async fn write(target: &str, t: &SshTarget, b: &Bundle) -> Result<(), DeployError> {
+    let (script, stdin) = write_script(t, b, &nonce());
+    let argv = ssh_argv(t, &remote_sh(&script));
+    let outcome = process::run_with_stdin(&argv, &[], Some(stdin), WRITE_TIMEOUT).await?;
+    if outcome.success() {
+        return Ok(());
+    }
+    if outcome.code == Some(SSH_FAILED) || outcome.timed_out {
+        return Err(ssh_error(target, t, &outcome));
+    }
+    Err(DeployError::Command(format!(
+        "ssh target {target:?}: writing the files on {} failed: {}",
+        host_label(t),
+        one_line(outcome.stderr.trim())
+    )))
+}
+
+/// Run `reload` on the remote host. The outcome names the remote argv.
+pub async fn reload(
+    target: &str,
+    t: &SshTarget,
+    cmd: &CommandSpec,
+) -> Result<CommandOutcome, DeployError> {
+    let remote: Vec<String> = cmd.argv.iter().map(|a| quote(a)).collect();
+    let argv = ssh_argv(t, &remote.join(" "));
+    let mut outcome = process::run(&argv, &[], cmd.timeout).await?;
+    if outcome.code == Some(SSH_FAILED) && !outcome.timed_out {
+        return Err(ssh_error(target, t, &outcome));
+    }
+    outcome.argv = cmd.argv.clone();
+    if outcome.success() {
+        Ok(outcome)
+    } else {
+        Err(DeployError::Command(format!(
+            "reload on {} {}",
+            host_label(t),
+            outcome.summary()
+        )))
+    }
+}
+
+/// The remote check for `--dry-run`: authenticate, every target directory
+/// exists and is writable, owner and group exist, the reload program exists.
+pub fn preflight_script(t: &SshTarget, reload: Option<&CommandSpec>) -> String {
+    let mut dirs: Vec<String> = Vec::new();
+    for (path, _, _) in contents(t, &super::file::placeholder()) {
+        let dir = path
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    let mut s = String::new();
+    for dir in &dirs {
+        let q = quote(dir);
+        let _ = writeln!(
+            s,
+            "if ! test -d {q}; then echo {}; elif ! test -w {q}; then echo {}; fi",
+            quote(&format!("problem: directory {dir} does not exist")),
+            quote(&format!("problem: directory {dir} is not writable"))
+        );
+    }
+    if let Some(o) = &t.files.owner {
+        let _ = writeln!(
+            s,
+            "id -u -- {} >/dev/null 2>&1 || echo {}",
+            quote(o),
+            quote(&format!("problem: user {o:?} does not exist"))
+        );
+    }
+    if let Some(g) = &t.files.group {
+        let _ = writeln!(
+            s,
+            "{{ getent group {} || grep -q -- {} /etc/group; }} >/dev/null 2>&1 || echo {}",
+            quote(g),
+            quote(&format!("^{g}:")),
+            quote(&format!("problem: group {g:?} does not exist"))
+        );
+    }
+    if let Some(r) = reload {
+        let p = &r.argv[0];
+        let _ = writeln!(
+            s,
+            "command -v {} >/dev/null 2>&1 || echo {}",
+            quote(p),
+            quote(&format!("problem: reload program {p:?} is not found"))
+        );
+    }
+    s.push_str("echo certherd-preflight-done\n");
+    s
+}
+
+/// Problems found by connecting and checking, each naming the host.
+pub async fn preflight(t: &SshTarget, reload: Option<&CommandSpec>) -> Vec<String> {
+    let argv = ssh_argv(t, &remote_sh(&preflight_script(t, reload)));
+    let label = host_label(t);
+    let outcome = match process::run(&argv, &[], PREFLIGHT_TIMEOUT).await {
+        Ok(o) => o,
+        Err(e) => return vec![e.to_string()],
+    };
+    if outcome.code == Some(SSH_FAILED) || outcome.timed_out {
+        return vec![ssh_problem(t, &outcome)];
+    }
+    let mut problems: Vec<String> = outcome
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("problem: "))
+        .map(|p| format!("on {label}: {p}"))
+        .collect();
+    if !outcome.success() || !outcome.stdout.contains("certherd-preflight-done") {
+        problems.push(format!(
+            "on {label}: the remote check failed: {}",
+            outcome.summary()
+        ));
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileSet, FileTarget};
+    use std::path::PathBuf;
+
+    fn target() -> SshTarget {
+        SshTarget {
+            host: "lb1.example.com".into(),
+            port: 2222,
+            user: Some("deploy".into()),
+            identity: Some(PathBuf::from("/etc/certherd/id_ed25519")),
+            known_hosts: Some(PathBuf::from("/etc/certherd/known_hosts")),
+            jump: Some("bastion".into()),
+            files: FileTarget {
+                files: FileSet {
+                    fullchain: Some(PathBuf::from("/etc/it's here/site.pem")),
+                    key: Some(PathBuf::from("/etc/tls/site.key")),
+                    ..FileSet::default()
+                },
+                mode: 0o600,
+                owner: None,
+                group: Some("ssl-cert".into()),
+            },
+        }
+    }
+
+    #[test]
+    fn quotes_for_a_posix_shell() {
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("it's"), r"'it'\''s'");
+        assert_eq!(quote(""), "''");
+    }
+
+    #[test]
+    fn argv_checks_host_keys_and_never_uses_a_local_shell() {
+        let argv = ssh_argv(&target(), "true");
+        assert_eq!(
+            argv.join(" "),
+            "ssh -T -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=15 \
+             -o UserKnownHostsFile=/etc/certherd/known_hosts -o GlobalKnownHostsFile=/dev/null \
+             -o IdentitiesOnly=yes -i /etc/certherd/id_ed25519 -p 2222 -l deploy -J bastion \
+             -- lb1.example.com true"
+        );
+        assert_eq!(host_label(&target()), "[lb1.example.com]:2222");
+    }
+
+    #[test]
+    fn script_writes_temps_then_renames_and_never_holds_the_key() {
+        let b = crate::store::tests::bundle(&["a.test"], time::OffsetDateTime::now_utc(), 90);
+        let (script, stdin) = write_script(&target(), &b, "n");
+        assert!(!script.contains(b.key.expose().lines().nth(1).unwrap()));
+        assert_eq!(
+            String::from_utf8(stdin).unwrap(),
+            format!("{}{}", b.fullchain_pem(), b.key.expose())
+        );
+        assert!(script.contains(r"'/etc/it'\''s here/.certherd-tmp-site.pem-n-0'"));
+        let last_write = script.rfind("recv ").unwrap();
+        let first_mv = script.find("mv -f").unwrap();
+        assert!(last_write < first_mv, "{script}");
+        assert!(script.contains("chgrp -- 'ssl-cert'"), "{script}");
+        assert!(script.contains("chmod 600 '/etc/tls/.certherd-tmp-site.key-n-1'"));
+        assert!(script.contains("chmod 644 "));
+    }
+}
