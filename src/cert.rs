@@ -58,6 +58,51 @@ pub fn pem_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, CertE
     Ok(certs)
 }
 
+const PEM_BEGIN: &str = "-----BEGIN CERTIFICATE-----\n";
+const PEM_END: &str = "-----END CERTIFICATE-----\n";
+
+/// `text` split into its blocks (each block's text and DER) when it is
+/// nothing but `CERTIFICATE` blocks exactly as [`der_to_pem`] writes them
+/// (LF, 64-character lines of canonical base64, no headers, nothing between
+/// blocks); `None` for anything else, which then takes the general parser.
+/// For such text, `der_to_pem(der) == block text`, so the result is the same.
+fn canonical_blocks(text: &str) -> Option<Vec<(&str, Vec<u8>)>> {
+    use base64::Engine;
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let body = rest.strip_prefix(PEM_BEGIN)?;
+        let end = body.find("-----")?;
+        let (b64, after) = body.split_at(end);
+        let after = after.strip_prefix(PEM_END)?;
+        // Lines of exactly 64 characters, the last one 1 to 64, each ending in LF.
+        let lines = b64.strip_suffix('\n')?.split('\n');
+        let mut data = String::with_capacity(b64.len());
+        let mut last_short = false;
+        for line in lines {
+            if last_short || line.is_empty() || line.len() > 64 {
+                return None;
+            }
+            last_short = line.len() < 64;
+            data.push_str(line);
+        }
+        // The standard engine rejects non-canonical padding and trailing bits,
+        // so encoding `der` again gives back exactly `data`.
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(data.as_bytes())
+            .ok()?;
+        let len = text.len() - rest.len();
+        let block_len = rest.len() - after.len();
+        blocks.push((&text[len..len + block_len], der));
+        rest = after;
+    }
+    if blocks.is_empty() {
+        None
+    } else {
+        Some(blocks)
+    }
+}
+
 pub fn der_to_pem(der: &[u8]) -> String {
     ::pem::encode_config(
         &::pem::Pem::new("CERTIFICATE", der.to_vec()),
@@ -162,6 +207,17 @@ pub struct Bundle {
 impl Bundle {
     /// Build from the key and the PEM chain a CA returned (leaf first).
     pub fn from_chain(key: KeyPem, chain: &str) -> Result<Bundle, CertError> {
+        if let Some(blocks) = canonical_blocks(chain) {
+            // Already in the form `der_to_pem` writes (what the state
+            // directory holds): the text is kept as it is, not re-encoded.
+            let info = info(&blocks[0].1)?;
+            return Ok(Bundle {
+                key,
+                leaf_pem: blocks[0].0.to_string(),
+                chain_pem: blocks[1..].iter().map(|(text, _)| *text).collect(),
+                info,
+            });
+        }
         let certs = pem_certificates(chain)?;
         let info = info(&certs[0])?;
         let leaf_pem = der_to_pem(&certs[0]);
@@ -191,5 +247,68 @@ impl Bundle {
             return Vec::new();
         }
         pem_certificates(&self.chain_pem).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The general path of `Bundle::from_chain`, for comparison.
+    fn general(key: KeyPem, chain: &str) -> Result<Bundle, CertError> {
+        let certs = pem_certificates(chain)?;
+        Ok(Bundle {
+            key,
+            info: info(&certs[0])?,
+            leaf_pem: der_to_pem(&certs[0]),
+            chain_pem: certs[1..].iter().map(|c| der_to_pem(c)).collect(),
+        })
+    }
+
+    fn chain() -> (String, String) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["a.test".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (leaf.pem(), ca_pem)
+    }
+
+    #[test]
+    fn canonical_fast_path_gives_what_the_general_parser_gives() {
+        let (leaf, ca) = chain();
+        let leaf = der_to_pem(&pem_certificates(&leaf).unwrap()[0]);
+        let ca = der_to_pem(&pem_certificates(&ca).unwrap()[0]);
+        let key = || KeyPem::new("k".into());
+        let crlf = |s: &str| s.replace('\n', "\r\n");
+        let inputs = [
+            leaf.clone(),
+            format!("{leaf}{ca}"),
+            format!("{leaf}{ca}{ca}"),
+            // Not canonical: the general parser decides.
+            crlf(&format!("{leaf}{ca}")),
+            format!("junk\n{leaf}{ca}"),
+            format!("{leaf}\n{ca}"),
+            format!("{leaf}{ca}trailing"),
+            leaf.trim_end().to_string(),
+            leaf.replacen('\n', "\n\n", 2),
+            leaf.replace("CERTIFICATE", "PRIVATE KEY"),
+            format!("{leaf}{}", ca.replace("CERTIFICATE", "X509 CRL")),
+            String::new(),
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n".into(),
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into(),
+        ];
+        for (i, input) in inputs.iter().enumerate() {
+            let fast = Bundle::from_chain(key(), input).map_err(|e| e.to_string());
+            let slow = general(key(), input).map_err(|e| e.to_string());
+            assert_eq!(fast, slow, "input {i}");
+        }
+        assert!(canonical_blocks(&format!("{leaf}{ca}")).is_some());
+        assert!(canonical_blocks(&crlf(&leaf)).is_none());
     }
 }
