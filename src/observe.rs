@@ -43,6 +43,12 @@ pub fn facts(config: &Config, now: OffsetDateTime) -> Vec<CertFacts> {
         .collect()
 }
 
+/// Whether anything consumes what an observer produces: without `metrics:`
+/// and `notify:` a pass reads and writes nothing more.
+fn observed(config: &Config) -> bool {
+    config.metrics.is_some() || !config.notify.is_empty()
+}
+
 /// Which command produced a report: it decides what may be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -71,7 +77,7 @@ impl Observer {
 
     /// After `renew`, `deploy`, `verify` or an agent pass (never a dry run).
     pub async fn after_report(&self, config: &Config, report: &Report, kind: Kind) {
-        if report.dry_run {
+        if report.dry_run || !observed(config) {
             return;
         }
         let now = OffsetDateTime::now_utc();
@@ -105,6 +111,9 @@ impl Observer {
 
     /// After `status`: metrics only; nothing written to the state directory.
     pub fn after_status(&self, config: &Config, status: &Status) {
+        if !observed(config) {
+            return;
+        }
         let now = OffsetDateTime::now_utc();
         let mut history = History::load(&History::path(&config.state_dir, &config.acme.directory));
         history.record_status(status, now);
