@@ -52,6 +52,7 @@ fn fixtures(now: OffsetDateTime) -> Vec<(CertificateConfig, CertInfo)> {
                     domains.into_iter().rev().collect()
                 },
                 key_type: Some(KeyType::EcdsaP256),
+                authority_key_id: None,
             };
             (cfg, info)
         })

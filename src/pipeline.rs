@@ -98,10 +98,8 @@ pub async fn renew(
     let store = Store::open(&config.state_dir, &config.acme.directory, LOCK_WAIT)?;
     let now = OffsetDateTime::now_utc();
 
-    let mut currents = Vec::new();
-    for cert in &selected {
-        currents.push(store.current(&cert.name)?);
-    }
+    let names: Vec<&str> = selected.iter().map(|c| c.name.as_str()).collect();
+    let mut currents = store.current_all(&names)?;
     // The CA's renewal windows (ARI), fetched where the stored ones are
     // missing or old, before anything is planned.
     let aris = ari_states(config, &selected, &currents, &store, true, now, !opts.force).await;
@@ -229,9 +227,7 @@ async fn ari_states(
         if !cert.renewal.ari {
             continue;
         }
-        let cert_id = crate::cert::pem_certificates(&bundle.leaf_pem)
-            .map_err(|e| e.to_string())
-            .and_then(|c| ari::cert_id(&c[0]));
+        let cert_id = ari::cert_id_of(&bundle.info);
         let cert_id = match cert_id {
             Ok(id) => id,
             Err(why) => {
@@ -409,10 +405,8 @@ async fn rehearse(
         };
         solver_problems.insert(name, problem.unwrap_or_default());
     }
-    let mut currents = Vec::new();
-    for cert in selected {
-        currents.push(store.current(&cert.name)?);
-    }
+    let names: Vec<&str> = selected.iter().map(|c| c.name.as_str()).collect();
+    let currents = store.current_all(&names)?;
     // The real CA's windows, fetched but not stored.
     let aris = ari_states(config, selected, &currents, &store, false, now, !force).await;
     let mut plans: Vec<CertPlan> = Vec::new();
@@ -736,9 +730,14 @@ const STATUS_VERIFY: Duration = Duration::from_secs(5);
 pub async fn status(config: &Config, offline: bool) -> Result<Status, RunError> {
     let store = Store::open_readonly(&config.state_dir, &config.acme.directory);
     let now = OffsetDateTime::now_utc();
+    let names: Vec<&str> = config
+        .certificates
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    let currents = store.current_all(&names)?;
     let mut certs = Vec::new();
-    for cert in &config.certificates {
-        let current = store.current(&cert.name)?;
+    for (cert, current) in config.certificates.iter().zip(currents) {
         // The stored window of the current certificate; `status` fetches nothing.
         let record = match &current {
             Some(b) if cert.renewal.ari => store

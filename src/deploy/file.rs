@@ -133,6 +133,7 @@ pub(super) fn placeholder() -> Bundle {
             not_after: time::OffsetDateTime::UNIX_EPOCH,
             domains: vec![],
             key_type: None,
+            authority_key_id: None,
         },
     }
 }
