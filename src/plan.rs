@@ -220,6 +220,7 @@ mod tests {
                 ..RenewalPolicy::default()
             },
             targets: vec![],
+            rollout: Default::default(),
         }
     }
 

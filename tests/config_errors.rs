@@ -7,8 +7,8 @@ use std::time::Duration;
 use certherd::config::{
     load, load_str, ChallengeChoice, CommandSpec, Dns01, DnsBackend, DnsExec, EventKind,
     ExecTarget, FileSet, FileTarget, KeyType, MetricsConfig, NotifierConfig, NotifierKind,
-    RenewalPolicy, Rfc2136, Solver, TargetConfig, TargetKind, Text, Threshold, Tsig, TsigAlgorithm,
-    VerifyConfig, WebhookFormat,
+    OnFailure, RenewalPolicy, Rfc2136, Rollout, Solver, TargetConfig, TargetKind, Text, Threshold,
+    Tsig, TsigAlgorithm, VerifyConfig, WebhookFormat,
 };
 
 const PATH: &str = "/etc/certherd/certherd.yaml";
@@ -536,8 +536,6 @@ certificates:
         type: file
         fullchain: /etc/nginx/tls/example.pem
         colour: blue
-    rollout:
-      waves: [[web1], [lb1]]
 ";
     assert_errors(
         src,
@@ -549,10 +547,78 @@ certificates:
             "/etc/certherd/certherd.yaml:31:9: unknown key `colour` in target \"web1\" (expected \
              one of: name, type, cert, chain, fullchain, key, combined, mode, owner, group, \
              reload, reload_timeout, verify)",
-            "/etc/certherd/certherd.yaml:32:5: `rollout` is not supported by this version of \
-             certherd yet",
         ],
     );
+}
+
+#[test]
+fn rollout_mistakes_are_named_where_they_are() {
+    let src = with_head(
+        "    targets:
+      - { name: web1, type: file, fullchain: /etc/tls/a.pem }
+      - { name: web2, type: file, fullchain: /etc/tls/b.pem }
+    rollout:
+      waves: [[web1, web3], [web1], [], web2]
+      max_parallel: 0
+      on_failure: stop
+      rollback: yes please
+      canary: web1
+",
+    );
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:15:22: `waves` names target \"web3\", which certificate \
+             \"example\" does not have (its targets: web1, web2)",
+            "/etc/certherd/certherd.yaml:15:30: target \"web1\" is in more than one wave (first \
+             at 15:16)",
+            "/etc/certherd/certherd.yaml:15:37: wave 3 of `waves` is empty",
+            "/etc/certherd/certherd.yaml:15:41: wave 4 of `waves` must be a list, not \"web2\"",
+            "/etc/certherd/certherd.yaml:16:21: `max_parallel` must be a whole number from 1 to \
+             1024, not \"0\"",
+            "/etc/certherd/certherd.yaml:17:19: `on_failure` must be halt or continue, not \"stop\"",
+            "/etc/certherd/certherd.yaml:18:17: `rollback` must be true or false, not \
+             \"yes please\"",
+            "/etc/certherd/certherd.yaml:19:7: unknown key `canary` in `rollout` of certificate \
+             \"example\" (expected one of: waves, max_parallel, on_failure, rollback)",
+        ],
+    );
+}
+
+#[test]
+fn a_rollout_reads_into_waves_with_the_rest_last() {
+    let src = with_head(
+        "    targets:
+      - { name: web1, type: file, fullchain: /etc/tls/a.pem }
+      - { name: web2, type: file, fullchain: /etc/tls/b.pem }
+      - { name: web3, type: file, fullchain: /etc/tls/c.pem }
+    rollout: { waves: [[web3]], max_parallel: 2, on_failure: halt, rollback: true }
+",
+    );
+    let config = load_str(&src, Path::new(PATH), &fake_env).unwrap();
+    let cert = &config.certificates[0];
+    assert_eq!(
+        cert.rollout,
+        Rollout {
+            waves: vec![vec!["web3".to_string()]],
+            max_parallel: 2,
+            on_failure: OnFailure::Halt,
+            rollback: true,
+        }
+    );
+    let waves: Vec<Vec<&str>> = cert
+        .waves()
+        .iter()
+        .map(|w| w.iter().map(|t| t.name.as_str()).collect())
+        .collect();
+    assert_eq!(waves, [vec!["web3"], vec!["web1", "web2"]]);
+
+    // Without `rollout`: one wave, 8 at once, continue, no rollback.
+    let plain = load_str(&with_head(""), Path::new(PATH), &fake_env).unwrap();
+    assert_eq!(plain.certificates[0].rollout, Rollout::default());
+    assert_eq!(Rollout::default().max_parallel, 8);
+    assert_eq!(Rollout::default().on_failure, OnFailure::Continue);
+    assert!(!Rollout::default().rollback);
 }
 
 #[test]

@@ -307,9 +307,71 @@ pub struct CertificateConfig {
     /// Top-level defaults merged with the per-certificate override.
     pub renewal: RenewalPolicy,
     pub targets: Vec<TargetConfig>,
+    pub rollout: Rollout,
+}
+
+/// How a certificate reaches its targets: in waves, a few at a time, and
+/// what a failed target does to the rest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    /// Target names, wave by wave, as configured; the targets not listed
+    /// form a last wave (see [`CertificateConfig::waves`]).
+    pub waves: Vec<Vec<String>>,
+    /// Targets deployed at once within a wave.
+    pub max_parallel: usize,
+    pub on_failure: OnFailure,
+    /// A target whose deployment or verification fails gets the
+    /// certificate it held before back.
+    pub rollback: bool,
+}
+
+impl Default for Rollout {
+    fn default() -> Rollout {
+        Rollout {
+            waves: Vec::new(),
+            max_parallel: Rollout::DEFAULT_MAX_PARALLEL,
+            on_failure: OnFailure::Continue,
+            rollback: false,
+        }
+    }
+}
+
+impl Rollout {
+    pub const DEFAULT_MAX_PARALLEL: usize = 8;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Later waves are not touched.
+    Halt,
+    /// Later waves go ahead.
+    Continue,
 }
 
 impl CertificateConfig {
+    /// The targets wave by wave: the configured waves, then every target
+    /// they do not name (in configuration order) as a last wave. Empty
+    /// waves are dropped.
+    pub fn waves(&self) -> Vec<Vec<&TargetConfig>> {
+        let by_name = |n: &String| self.targets.iter().find(|t| &t.name == n);
+        let mut out: Vec<Vec<&TargetConfig>> = self
+            .rollout
+            .waves
+            .iter()
+            .map(|w| w.iter().filter_map(by_name).collect::<Vec<_>>())
+            .filter(|w| !w.is_empty())
+            .collect();
+        let rest: Vec<&TargetConfig> = self
+            .targets
+            .iter()
+            .filter(|t| !self.rollout.waves.iter().flatten().any(|n| n == &t.name))
+            .collect();
+        if !rest.is_empty() {
+            out.push(rest);
+        }
+        out
+    }
+
     /// The first non-wildcard domain (the default SNI), else the first domain.
     pub fn primary_domain(&self) -> &str {
         self.domains

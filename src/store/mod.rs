@@ -293,6 +293,24 @@ impl Store {
         })
     }
 
+    /// The stored version (current or previous) whose leaf has SHA-256
+    /// `sha256`, with its folder; `None` when no kept version has it.
+    pub fn version_with_sha256(
+        &self,
+        name: &str,
+        sha256: &str,
+    ) -> Result<Option<(PathBuf, Bundle)>, StoreError> {
+        let dir = self.cert_dir(name)?;
+        for v in self.version_names(&dir)?.into_iter().rev() {
+            let vdir = dir.join(VERSIONS).join(&v);
+            let bundle = load_version(&vdir)?;
+            if bundle.info.sha256 == sha256 {
+                return Ok(Some((vdir, bundle)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Earlier versions, newest first (the current one excluded).
     pub fn previous(&self, name: &str) -> Result<Vec<Bundle>, StoreError> {
         let dir = self.cert_dir(name)?;
