@@ -24,6 +24,7 @@ pub mod nginx;
 pub mod pebble;
 pub mod powerdns;
 pub mod process;
+pub mod receiver;
 pub mod run;
 pub mod sshd;
 pub mod tls;
