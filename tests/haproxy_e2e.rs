@@ -123,7 +123,12 @@ fn renew_hands_the_certificate_to_a_running_haproxy_without_dropping_a_connectio
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names, ["site.pem"], "no temp file left");
+    let mut names: Vec<_> = names
+        .into_iter()
+        .map(|n| n.into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["other.pem", "site.pem"], "no temp file left");
     // HAProxy itself holds no open transaction.
     let list = haproxy.api("show ssl cert");
     assert!(!list.contains("# transaction"), "{list}");
@@ -150,7 +155,7 @@ fn a_wrong_name_a_missing_socket_or_a_low_level_fails_alone_and_changes_nothing(
     fs::create_dir(&out_dir).unwrap();
     let missing = haproxy.dir().join("no-such.sock");
     let combined = haproxy.combined_path();
-    let wrong_name = haproxy.dir().join("certs/other.pem");
+    let wrong_name = haproxy.dir().join("certs/unknown.pem");
     let targets = [
         haproxy_target(
             "wrongname",
@@ -243,4 +248,65 @@ fn a_wrong_name_a_missing_socket_or_a_low_level_fails_alone_and_changes_nothing(
     );
     let list = haproxy.api("show ssl cert");
     assert!(!list.contains("# transaction"), "{list}");
+}
+
+#[test]
+fn someone_elses_update_in_progress_is_waited_for_and_never_touched() {
+    let pebble = Pebble::start(PebbleOptions::default());
+    let setup = Setup::new();
+    let haproxy = Haproxy::start(SITE);
+    setup.write_config(&config(
+        &pebble,
+        &setup,
+        &haproxy_target(
+            "lb",
+            &haproxy.admin_socket(),
+            &haproxy.combined_path(),
+            "        timeout: 1s\n",
+        ),
+    ));
+    // An operator's update of the other certificate, not committed yet.
+    let other = haproxy.other_path();
+    let replacement = support::TestCert::self_signed(&["other.certherd.test"]);
+    let answer = haproxy.api_payload(
+        &format!("set ssl cert {}", other.display()),
+        &format!("{}{}\n", replacement.key_pem, replacement.cert_pem),
+    );
+    assert!(answer.starts_with("Transaction created"), "{answer}");
+    let before = sha256_tree(&haproxy.dir().join("certs"));
+
+    let run = setup.run(&["renew"]);
+    run.assert_code(1);
+    let expected = format!(
+        "  lb (haproxy): FAILED: haproxy target \"lb\" (socket {}, certificate {}): another \
+         update, of certificate {}, is in progress on this HAProxy (still after ",
+        haproxy.admin_socket().display(),
+        haproxy.combined_path().display(),
+        other.display()
+    );
+    assert!(
+        run.stdout.contains(&expected),
+        "{expected}\nnot in:\n{}",
+        run.stdout
+    );
+    // The operator's transaction is intact and still theirs; nothing changed.
+    let list = haproxy.api("show ssl cert");
+    assert!(
+        list.contains(&format!("# transaction\n*{}\n", other.display())),
+        "{list}"
+    );
+    assert_eq!(sha256_tree(&haproxy.dir().join("certs")), before);
+    assert_eq!(
+        served_leaf_sha256(&haproxy.addr(), SITE).unwrap(),
+        haproxy.placeholder().sha256()
+    );
+
+    // Once it is finished, the next renew deploys.
+    let done = haproxy.api(&format!("commit ssl cert {}", other.display()));
+    assert!(done.contains("Success!"), "{done}");
+    setup.run(&["renew"]).assert_code(0);
+    assert_eq!(
+        served_leaf_sha256(&haproxy.addr(), SITE).unwrap(),
+        stored_sha256(&setup)
+    );
 }

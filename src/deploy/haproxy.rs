@@ -273,8 +273,23 @@ impl Api<'_> {
     }
 
     /// Set and commit `pem` as certificate `name`; aborted on failure.
+    /// (`abort ssl cert NAME` only ever aborts a transaction for NAME:
+    /// HAProxy refuses it for another certificate's.)
     async fn replace(&self, name: &str, pem: &str) -> Result<(), Problem> {
-        self.set(name, pem).await?;
+        match self.set(name, pem).await {
+            Ok(()) => {}
+            // Nothing reached HAProxy, or what did is aborted already.
+            Err(
+                e @ (Problem::TransactionHijacked { .. }
+                | Problem::SocketMissing { .. }
+                | Problem::SocketPermission
+                | Problem::Connect { .. }),
+            ) => return Err(e),
+            Err(e) => {
+                self.abort(name).await;
+                return Err(e);
+            }
+        }
         if let Err(e) = self.commit(name).await {
             self.abort(name).await;
             return Err(e);
@@ -546,5 +561,82 @@ mod tests {
         let s = shorten(&long);
         assert!(s.starts_with("first / xxx"));
         assert_eq!(s.chars().count(), REPLY_LIMIT + 1);
+    }
+
+    /// A stand-in runtime API: answers each connection with the next reply
+    /// and records the first line of each command.
+    async fn fake_api(replies: Vec<&'static str>) -> (tempfile::TempDir, Arc<Mutex<Vec<String>>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::UnixListener::bind(dir.path().join("api.sock")).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            for reply in replies {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 64 * 1024];
+                let n = s.read(&mut buf).await.unwrap();
+                let first = String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .next()
+                    .unwrap()
+                    .to_string();
+                record.lock().unwrap().push(first);
+                s.write_all(reply.as_bytes()).await.unwrap();
+            }
+        });
+        (dir, seen)
+    }
+
+    #[tokio::test]
+    async fn a_set_that_lands_in_another_transaction_aborts_that_one() {
+        // HAProxy 2.6 puts a `set` for another name into the ongoing transaction.
+        let (dir, seen) = fake_api(vec![
+            "Transaction updated for certificate /etc/other.pem!\n\n",
+            "Transaction aborted for certificate '/etc/other.pem'!\n\n",
+        ])
+        .await;
+        let socket = HaproxySocket::Unix(dir.path().join("api.sock"));
+        let api = Api {
+            socket: &socket,
+            timeout: Duration::from_secs(5),
+        };
+        let err = api.replace("/etc/site.pem", "PEM\n").await.unwrap_err();
+        assert!(
+            matches!(&err, Problem::TransactionHijacked { ongoing } if ongoing == "/etc/other.pem"),
+            "{err:?}"
+        );
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                "set ssl cert /etc/site.pem <<",
+                "abort ssl cert /etc/other.pem"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_is_aborted_and_a_key_mismatch_is_named() {
+        let (dir, seen) = fake_api(vec![
+            "Transaction created for certificate /etc/site.pem!\n\n",
+            "inconsistencies between private key and certificate loaded '/etc/site.pem'.\n\
+             Can't commit /etc/site.pem!\n\n",
+            "Transaction aborted for certificate '/etc/site.pem'!\n\n",
+        ])
+        .await;
+        let socket = HaproxySocket::Unix(dir.path().join("api.sock"));
+        let api = Api {
+            socket: &socket,
+            timeout: Duration::from_secs(5),
+        };
+        let err = api.replace("/etc/site.pem", "PEM\n").await.unwrap_err();
+        assert!(matches!(err, Problem::KeyMismatch), "{err:?}");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                "set ssl cert /etc/site.pem <<",
+                "commit ssl cert /etc/site.pem",
+                "abort ssl cert /etc/site.pem"
+            ]
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! A real HAProxy on a free loopback port, for the `haproxy` target: one TLS
-//! frontend (`bind 127.0.0.1:PORT ssl crt <combined>`) that answers every
+//! frontend (`bind 127.0.0.1:PORT ssl crt <combined> crt <other>`, the
+//! second certificate for tests that need another name) that answers every
 //! request itself (`http-request return`, keep-alive), and stats sockets in
 //! its own directory: `admin.sock` (`level admin`) and `operator.sock`
 //! (`level operator`, too low to change certificates).
@@ -46,6 +47,12 @@ impl Haproxy {
         )
         .unwrap();
         fs::write(d.join("placeholder.pem"), &placeholder.cert_pem).unwrap();
+        let other = TestCert::self_signed(&["other.certherd.test"]);
+        fs::write(
+            d.join("certs/other.pem"),
+            format!("{}{}", other.key_pem, other.cert_pem),
+        )
+        .unwrap();
         let conf = d.join("haproxy.cfg");
         let mut last = String::new();
         for _ in 0..5 {
@@ -64,7 +71,7 @@ impl Haproxy {
                      \x20 timeout connect 5s\n\
                      \x20 timeout http-keep-alive 60s\n\
                      frontend site\n\
-                     \x20 bind 127.0.0.1:{port} ssl crt {combined}\n\
+                     \x20 bind 127.0.0.1:{port} ssl crt {combined} crt {d}/certs/other.pem\n\
                      \x20 http-request return status 200 content-type text/plain string ok\n",
                     d = d.display(),
                     combined = combined.display(),
@@ -169,6 +176,16 @@ impl Haproxy {
         let mut out = String::new();
         s.read_to_string(&mut out).expect("read the API's answer");
         out
+    }
+
+    /// The second certificate HAProxy loads (another name).
+    pub fn other_path(&self) -> PathBuf {
+        self.dir.path().join("certs/other.pem")
+    }
+
+    /// `COMMAND <<` with `payload` on the admin socket; HAProxy's answer.
+    pub fn api_payload(&self, command: &str, payload: &str) -> String {
+        self.api(&format!("{command} <<\n{payload}"))
     }
 
     /// A TLS connection to the frontend that trusts only the placeholder.
