@@ -401,6 +401,8 @@ pub enum TargetKind {
     File(FileTarget),
     Exec(ExecTarget),
     Ssh(SshTarget),
+    Haproxy(HaproxyTarget),
+    Webhook(WebhookTarget),
 }
 
 impl TargetKind {
@@ -409,6 +411,8 @@ impl TargetKind {
             TargetKind::File(_) => "file",
             TargetKind::Exec(_) => "exec",
             TargetKind::Ssh(_) => "ssh",
+            TargetKind::Haproxy(_) => "haproxy",
+            TargetKind::Webhook(_) => "webhook",
         }
     }
 }
@@ -449,6 +453,66 @@ pub struct SshTarget {
     pub jump: Option<String>,
     /// Remote paths (absolute), mode, owner and group.
     pub files: FileTarget,
+}
+
+/// The `haproxy` target: a running HAProxy updated through its runtime API
+/// (`set ssl cert` + `commit ssl cert`, no reload), and the combined PEM
+/// written on disk so that a restart loads the same certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HaproxyTarget {
+    /// HAProxy's stats socket (`stats socket ... level admin`).
+    pub socket: HaproxySocket,
+    /// `files.combined` is the only file set: key + full chain, the file
+    /// HAProxy's `crt` names; mode, owner and group as for `file`.
+    pub file: FileTarget,
+    /// The name HAProxy knows the certificate by (its `crt` path); by
+    /// default the `combined` path.
+    pub cert_name: String,
+    /// For each exchange with the socket.
+    pub timeout: Duration,
+}
+
+impl HaproxyTarget {
+    /// The combined PEM's path.
+    pub fn combined(&self) -> &std::path::Path {
+        self.file
+            .files
+            .combined
+            .as_deref()
+            .expect("a haproxy target has a combined file")
+    }
+}
+
+/// Where HAProxy's runtime API listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HaproxySocket {
+    /// A unix socket (absolute path).
+    Unix(PathBuf),
+    /// `host:port` on a loopback address: the API carries the private key
+    /// in clear.
+    Tcp(String),
+}
+
+impl fmt::Display for HaproxySocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HaproxySocket::Unix(p) => write!(f, "{}", p.display()),
+            HaproxySocket::Tcp(a) => f.write_str(a),
+        }
+    }
+}
+
+/// The `webhook` target: the bundle (key included) POSTed as JSON over
+/// HTTPS (plain HTTP only to a loopback address).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookTarget {
+    pub url: Text,
+    /// Extra request headers, in the order of the file; values may be secrets.
+    pub headers: Vec<(String, Text)>,
+    /// For each attempt.
+    pub timeout: Duration,
+    /// Extra PEM roots for a receiver with a private CA.
+    pub trust_roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

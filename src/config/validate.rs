@@ -115,7 +115,7 @@ pub(super) fn config(
         },
     };
     let certificates = match top.require("certificates", d) {
-        Some(n) => certificates(n, &renewal, &solvers, base, d),
+        Some(n) => certificates(n, &renewal, &solvers, base, env, d),
         None => Vec::new(),
     };
 
@@ -551,6 +551,7 @@ fn certificates(
     renewal_defaults: &RenewalPolicy,
     solvers: &Solvers,
     base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
     d: &mut Diag,
 ) -> Vec<CertificateConfig> {
     let entries = named_entries(node, "`certificates`", "certificate", d);
@@ -566,7 +567,7 @@ fn certificates(
             if !values::is_valid_name(name) {
                 d.at(key.pos, values::invalid_name("certificate", name));
             }
-            certificate(name, body, renewal_defaults, solvers, base, d)
+            certificate(name, body, renewal_defaults, solvers, base, env, d)
         })
         .collect()
 }
@@ -577,6 +578,7 @@ fn certificate(
     renewal_defaults: &RenewalPolicy,
     solvers: &Solvers,
     base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
     d: &mut Diag,
 ) -> Option<CertificateConfig> {
     let m = Map::open(
@@ -628,7 +630,7 @@ fn certificate(
     };
     let valid_domains: Vec<String> = domains.iter().filter_map(|(_, v)| v.clone()).collect();
     let targets = match m.get("targets") {
-        Some(n) => targets::targets(name, n, &valid_domains, base, d),
+        Some(n) => targets::targets(name, n, &valid_domains, base, env, d),
         None => Vec::new(),
     };
 

@@ -138,7 +138,7 @@ pub(super) fn placeholder() -> Bundle {
     }
 }
 
-fn user_id(name: &str) -> Result<u32, DeployError> {
+pub(super) fn user_id(name: &str) -> Result<u32, DeployError> {
     if let Ok(n) = name.parse() {
         return Ok(n);
     }
@@ -148,7 +148,7 @@ fn user_id(name: &str) -> Result<u32, DeployError> {
     }
 }
 
-fn group_id(name: &str) -> Result<u32, DeployError> {
+pub(super) fn group_id(name: &str) -> Result<u32, DeployError> {
     if let Ok(n) = name.parse() {
         return Ok(n);
     }

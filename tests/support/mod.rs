@@ -1,7 +1,8 @@
 //! Shared support for certherd's integration tests: real services on loopback.
 //!
 //! Modelled on instant-acme's `tests/pebble.rs` `Environment`: every service a
-//! test starts ([`Pebble`] with pebble-challtestsrv as its DNS, [`Nginx`]) runs
+//! test starts ([`Pebble`] with pebble-challtestsrv as its DNS, [`Nginx`],
+//! [`haproxy::Haproxy`], ...) runs
 //! on free loopback ports in its own temporary directory, is polled until it
 //! answers (every wait has a deadline and says what it waited for), and is
 //! stopped in `Drop` by the pid this code started or the pid file it wrote,
@@ -18,10 +19,12 @@
 
 pub mod ari;
 pub mod bind;
+pub mod haproxy;
 pub mod nginx;
 pub mod pebble;
 pub mod powerdns;
 pub mod process;
+pub mod receiver;
 pub mod run;
 pub mod sshd;
 pub mod tls;
