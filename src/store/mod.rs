@@ -66,6 +66,44 @@ pub enum StoreError {
     Record { path: PathBuf, message: String },
     #[error("{name:?} cannot be used as a file name in the state directory")]
     BadName { name: String },
+    #[error(
+        "{path} {why}; certherd keeps private keys below it and refuses to use it \
+         (make it owned by root or by certherd's user and not writable by others, e.g. \
+         chmod go-w {path})"
+    )]
+    Unsafe { path: PathBuf, why: String },
+}
+
+/// Check the directories that hold keys before anything is read or written:
+/// `state_dir`, `ca/` and the CA's namespace must belong to root or to us
+/// and be writable by no one else (anyone who can rename entries there can
+/// swap keys and certificates); `ca/` and the namespace must not be
+/// readable by others either — that is fixed (chmod 0700) with a warning.
+fn guard_private_dirs(state_dir: &Path, ns: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let me = rustix::process::geteuid().as_raw();
+    let ca = state_dir.join("ca");
+    for (dir, private) in [(state_dir, false), (ca.as_path(), true), (ns, true)] {
+        let meta = fs::metadata(dir).map_err(io_err(dir))?;
+        let mode = meta.mode() & 0o7777;
+        if meta.uid() != 0 && meta.uid() != me {
+            return Err(StoreError::Unsafe {
+                path: dir.to_path_buf(),
+                why: format!("belongs to another user (uid {})", meta.uid()),
+            });
+        }
+        if mode & 0o022 != 0 {
+            return Err(StoreError::Unsafe {
+                path: dir.to_path_buf(),
+                why: format!("is writable by group or others (mode {mode:04o})"),
+            });
+        }
+        if private && mode & 0o077 != 0 {
+            tracing::warn!(path = %dir.display(), mode = %format!("{mode:04o}"), "the state directory was readable by others; setting it to 0700");
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+        }
+    }
+    Ok(())
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -167,6 +205,7 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let ns = state_dir.join("ca").join(namespace(directory_url));
         create_dir_all_mode(&ns, 0o700).map_err(io_err(state_dir))?;
+        guard_private_dirs(state_dir, &ns)?;
         let lock = File::open(state_dir).map_err(io_err(state_dir))?;
         let start = Instant::now();
         loop {
@@ -566,6 +605,37 @@ pub(crate) mod tests {
 
     fn now() -> OffsetDateTime {
         OffsetDateTime::now_utc()
+    }
+
+    #[test]
+    fn a_state_directory_others_can_write_is_refused_and_a_readable_one_closed() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        Store::open(&state, "https://ca.test/dir", Duration::ZERO).unwrap();
+
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = Store::open(&state, "https://ca.test/dir", Duration::ZERO).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{p} is writable by group or others (mode 0777); certherd keeps private keys \
+                 below it and refuses to use it (make it owned by root or by certherd's user \
+                 and not writable by others, e.g. chmod go-w {p})",
+                p = state.display()
+            )
+        );
+
+        // Readable by others: the state directory itself may be (0755),
+        // the folders that hold keys are closed again.
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).unwrap();
+        let ca = state.join("ca");
+        fs::set_permissions(&ca, fs::Permissions::from_mode(0o755)).unwrap();
+        let store = Store::open(&state, "https://ca.test/dir", Duration::ZERO).unwrap();
+        assert_eq!(mode(&ca), 0o700);
+        assert_eq!(mode(store.namespace_dir()), 0o700);
+        assert_eq!(mode(&state), 0o755);
     }
 
     #[test]
