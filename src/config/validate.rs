@@ -112,7 +112,7 @@ pub(super) fn config(
         },
     };
     let certificates = match top.require("certificates", d) {
-        Some(n) => certificates(n, &renewal, &solvers, base, d),
+        Some(n) => certificates(n, &renewal, &solvers, base, env, d),
         None => Vec::new(),
     };
 
@@ -548,6 +548,7 @@ fn certificates(
     renewal_defaults: &RenewalPolicy,
     solvers: &Solvers,
     base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
     d: &mut Diag,
 ) -> Vec<CertificateConfig> {
     let entries = named_entries(node, "`certificates`", "certificate", d);
@@ -563,7 +564,7 @@ fn certificates(
             if !values::is_valid_name(name) {
                 d.at(key.pos, values::invalid_name("certificate", name));
             }
-            certificate(name, body, renewal_defaults, solvers, base, d)
+            certificate(name, body, renewal_defaults, solvers, base, env, d)
         })
         .collect()
 }
@@ -574,6 +575,7 @@ fn certificate(
     renewal_defaults: &RenewalPolicy,
     solvers: &Solvers,
     base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
     d: &mut Diag,
 ) -> Option<CertificateConfig> {
     let m = Map::open(
@@ -625,7 +627,16 @@ fn certificate(
     };
     let valid_domains: Vec<String> = domains.iter().filter_map(|(_, v)| v.clone()).collect();
     let targets = match m.get("targets") {
-        Some(n) => targets::targets(name, n, &valid_domains, base, d),
+        Some(n) => targets::targets(
+            n,
+            &targets::Context {
+                cert: name,
+                domains: &valid_domains,
+                base,
+                env,
+            },
+            d,
+        ),
         None => Vec::new(),
     };
 
