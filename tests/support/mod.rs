@@ -1,7 +1,8 @@
 //! Shared support for certherd's integration tests: real services on loopback.
 //!
 //! Modelled on instant-acme's `tests/pebble.rs` `Environment`: every service a
-//! test starts ([`Pebble`] with pebble-challtestsrv as its DNS, [`Nginx`]) runs
+//! test starts ([`Pebble`] with pebble-challtestsrv as its DNS, [`Nginx`], the
+//! mail servers of [`mail`]) runs
 //! on free loopback ports in its own temporary directory, is polled until it
 //! answers (every wait has a deadline and says what it waited for), and is
 //! stopped in `Drop` by the pid this code started or the pid file it wrote,
@@ -18,6 +19,7 @@
 
 pub mod ari;
 pub mod bind;
+pub mod mail;
 pub mod nginx;
 pub mod pebble;
 pub mod powerdns;
