@@ -11,6 +11,7 @@ use certherd::config::load_str;
 fn example_env(name: &str) -> Option<String> {
     match name {
         "EAB_HMAC_KEY" => Some("ZXhhbXBsZS1obWFjLWtleQ".to_string()),
+        "KEYSTORE_PASSWORD" => Some("example-keystore-password".to_string()),
         _ => None,
     }
 }
