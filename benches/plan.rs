@@ -37,6 +37,7 @@ fn fixtures(now: OffsetDateTime) -> Vec<(CertificateConfig, CertInfo)> {
                     ..RenewalPolicy::default()
                 },
                 targets: vec![],
+                rollout: Default::default(),
             };
             // Issued over the last 90 days: about a third is due.
             let not_before = now - time::Duration::hours((i % (90 * 24)) as i64);
@@ -52,6 +53,7 @@ fn fixtures(now: OffsetDateTime) -> Vec<(CertificateConfig, CertInfo)> {
                     domains.into_iter().rev().collect()
                 },
                 key_type: Some(KeyType::EcdsaP256),
+                authority_key_id: None,
             };
             (cfg, info)
         })

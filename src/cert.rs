@@ -7,7 +7,7 @@ use std::fmt;
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
 use x509_parser::time::ASN1Time;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
@@ -26,6 +26,9 @@ pub struct CertInfo {
     pub domains: Vec<String>,
     /// The subject public key's type, when it is one certherd issues.
     pub key_type: Option<KeyType>,
+    /// The authority key identifier, when the certificate has one (with the
+    /// serial it names the certificate to the CA's renewal information).
+    pub authority_key_id: Option<Vec<u8>>,
 }
 
 impl CertInfo {
@@ -128,6 +131,14 @@ pub fn info(der: &[u8]) -> Result<CertInfo, CertError> {
     }
     let not_before = asn1_time(tbs.validity.not_before)?;
     let not_after = asn1_time(tbs.validity.not_after)?;
+    let authority_key_id = cert
+        .iter_extensions()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        });
     Ok(CertInfo {
         serial: hex::encode(tbs.raw_serial()),
         sha256: sha256_hex(der),
@@ -135,6 +146,7 @@ pub fn info(der: &[u8]) -> Result<CertInfo, CertError> {
         not_after,
         domains,
         key_type: key_type(tbs.public_key()),
+        authority_key_id,
     })
 }
 

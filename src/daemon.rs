@@ -417,6 +417,7 @@ mod tests {
             not_after: now + time::Duration::days(80),
             domains: vec!["a.test".into()],
             key_type: Some(crate::config::KeyType::EcdsaP256),
+            authority_key_id: None,
         };
         HashMap::from([(
             "a".to_string(),

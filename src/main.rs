@@ -54,6 +54,9 @@ enum Command {
         /// Only this certificate (repeatable)
         #[arg(long = "cert", value_name = "NAME")]
         certs: Vec<String>,
+        /// Print the report as one JSON document instead of text
+        #[arg(long)]
+        json: bool,
     },
     /// Push the current certificate to targets and verify (no ACME)
     Deploy {
@@ -61,11 +64,17 @@ enum Command {
         certs: Vec<String>,
         #[arg(long = "target", value_name = "NAME")]
         targets: Vec<String>,
+        /// Print the report as one JSON document instead of text
+        #[arg(long)]
+        json: bool,
     },
     /// Handshake every target, compare with the current certificate
     Verify {
         #[arg(long = "cert", value_name = "NAME")]
         certs: Vec<String>,
+        /// Print the report as one JSON document instead of text
+        #[arg(long)]
+        json: bool,
     },
     /// Certificates, expiry, renewal time, per-target state
     Status {
@@ -148,6 +157,12 @@ async fn shutdown_signal() -> &'static str {
 
 async fn run(command: Command, config: &certherd::config::Config, solvers: &Solvers) -> ExitCode {
     {
+        let json = matches!(
+            command,
+            Command::Renew { json: true, .. }
+                | Command::Deploy { json: true, .. }
+                | Command::Verify { json: true, .. }
+        );
         let kind = match &command {
             Command::Deploy { .. } => Kind::Deploy,
             Command::Verify { .. } => Kind::Verify,
@@ -159,6 +174,7 @@ async fn run(command: Command, config: &certherd::config::Config, solvers: &Solv
                 dry_run,
                 force,
                 certs,
+                ..
             } => pipeline::renew(
                 config,
                 &RenewOptions {
@@ -170,10 +186,12 @@ async fn run(command: Command, config: &certherd::config::Config, solvers: &Solv
             )
             .await
             .map(Done::Report),
-            Command::Deploy { certs, targets } => pipeline::deploy_cmd(config, &certs, &targets)
-                .await
-                .map(Done::Report),
-            Command::Verify { certs } => {
+            Command::Deploy { certs, targets, .. } => {
+                pipeline::deploy_cmd(config, &certs, &targets)
+                    .await
+                    .map(Done::Report)
+            }
+            Command::Verify { certs, .. } => {
                 pipeline::verify_cmd(config, &certs).await.map(Done::Report)
             }
             Command::Status { json, offline } => pipeline::status(config, offline)
@@ -183,7 +201,14 @@ async fn run(command: Command, config: &certherd::config::Config, solvers: &Solv
         };
         match outcome {
             Ok(Done::Report(report)) => {
-                print!("{}", report.human());
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).expect("the report serializes")
+                    );
+                } else {
+                    print!("{}", report.human());
+                }
                 // Metrics and notifications: logged when they fail, never the exit code.
                 Observer::new().after_report(config, &report, kind).await;
                 if report.ok() {

@@ -845,6 +845,7 @@ mod tests {
             domains: vec!["a.example".into()],
             due: Some("due".into()),
             issuance,
+            rollout: None,
             targets: vec![],
         };
         let failed = Report {

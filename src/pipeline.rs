@@ -17,12 +17,12 @@ use time::OffsetDateTime;
 
 use crate::acme::{self, ari, http::AcmeHttp, solver::Solvers, IssueError, OrderRequest};
 use crate::cert::{rfc3339, Bundle};
-use crate::config::{CertificateConfig, Config, TargetConfig};
+use crate::config::{CertificateConfig, Config, OnFailure, TargetConfig};
 use crate::deploy::{self, BundleFiles};
 use crate::plan::{self, CertPlan};
 use crate::report::{
-    AriStatus, CertReport, CertStatus, Issuance, Report, Status, TargetAction, TargetReport,
-    TargetStatus,
+    AriStatus, CertReport, CertStatus, Issuance, Report, Rollback, Status, TargetAction,
+    TargetReport, TargetStatus,
 };
 use crate::store::{AriRecord, Store, StoreError, TargetRecord};
 use crate::verify::{self, Verdict};
@@ -98,10 +98,8 @@ pub async fn renew(
     let store = Store::open(&config.state_dir, &config.acme.directory, LOCK_WAIT)?;
     let now = OffsetDateTime::now_utc();
 
-    let mut currents = Vec::new();
-    for cert in &selected {
-        currents.push(store.current(&cert.name)?);
-    }
+    let names: Vec<&str> = selected.iter().map(|c| c.name.as_str()).collect();
+    let mut currents = store.current_all(&names)?;
     // The CA's renewal windows (ARI), fetched where the stored ones are
     // missing or old, before anything is planned.
     let aris = ari_states(config, &selected, &currents, &store, true, now, !opts.force).await;
@@ -229,9 +227,7 @@ async fn ari_states(
         if !cert.renewal.ari {
             continue;
         }
-        let cert_id = crate::cert::pem_certificates(&bundle.leaf_pem)
-            .map_err(|e| e.to_string())
-            .and_then(|c| ari::cert_id(&c[0]));
+        let cert_id = ari::cert_id_of(&bundle.info);
         let cert_id = match cert_id {
             Ok(id) => id,
             Err(why) => {
@@ -409,10 +405,8 @@ async fn rehearse(
         };
         solver_problems.insert(name, problem.unwrap_or_default());
     }
-    let mut currents = Vec::new();
-    for cert in selected {
-        currents.push(store.current(&cert.name)?);
-    }
+    let names: Vec<&str> = selected.iter().map(|c| c.name.as_str()).collect();
+    let currents = store.current_all(&names)?;
     // The real CA's windows, fetched but not stored.
     let aris = ari_states(config, selected, &currents, &store, false, now, !force).await;
     let mut plans: Vec<CertPlan> = Vec::new();
@@ -462,18 +456,24 @@ async fn rehearse(
                 }
             }
         };
-        let mut targets = Vec::new();
-        for t in &cert.targets {
-            let problems = deploy::preflight(t).await;
-            targets.push(TargetReport::new(
-                t,
-                if problems.is_empty() {
-                    TargetAction::PreflightPassed
-                } else {
-                    TargetAction::PreflightFailed { problems }
-                },
-            ));
-        }
+        // Every target is checked, in the order of the rollout's waves.
+        let targets: Vec<TargetReport> =
+            stream::iter(selected_waves(cert, &[]).into_iter().flatten())
+                .map(|(t, wave)| async move {
+                    let problems = deploy::preflight(t).await;
+                    let action = if problems.is_empty() {
+                        TargetAction::PreflightPassed
+                    } else {
+                        TargetAction::PreflightFailed { problems }
+                    };
+                    TargetReport {
+                        wave,
+                        ..TargetReport::new(t, action)
+                    }
+                })
+                .buffered(cert.rollout.max_parallel)
+                .collect()
+                .await;
         reports.push(CertReport::new(
             cert,
             plans[i].due.as_ref().map(|d| d.to_string()),
@@ -495,7 +495,40 @@ enum DeployMode {
     Always,
 }
 
-/// Bring every target of `cert` to the current certificate and verify it.
+/// The targets of `cert` selected by `only` (all when empty), wave by
+/// wave, each with its wave number when there is more than one wave.
+fn selected_waves<'c>(
+    cert: &'c CertificateConfig,
+    only: &[String],
+) -> Vec<Vec<(&'c TargetConfig, Option<usize>)>> {
+    let waves: Vec<Vec<&TargetConfig>> = cert
+        .waves()
+        .into_iter()
+        .map(|w| {
+            w.into_iter()
+                .filter(|t| only.is_empty() || only.contains(&t.name))
+                .collect::<Vec<_>>()
+        })
+        .filter(|w| !w.is_empty())
+        .collect();
+    let numbered = waves.len() > 1;
+    waves
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            w.into_iter()
+                .map(|t| (t, numbered.then_some(i + 1)))
+                .collect()
+        })
+        .collect()
+}
+
+/// Bring every target of `cert` to the current certificate and verify it,
+/// following the certificate's `rollout`: wave after wave, at most
+/// `max_parallel` targets at once; a wave starts when every target of the
+/// one before is deployed and verified. With `on_failure: halt` a failed
+/// target stops the rollout after its wave; with `rollback: true` a failed
+/// target gets the certificate it held before back.
 async fn deploy_certificate(
     store: &Store,
     cert: &CertificateConfig,
@@ -503,11 +536,7 @@ async fn deploy_certificate(
     mode: DeployMode,
     only: &[String],
 ) -> Result<Vec<TargetReport>, RunError> {
-    let targets: Vec<&TargetConfig> = cert
-        .targets
-        .iter()
-        .filter(|t| only.is_empty() || only.contains(&t.name))
-        .collect();
+    let waves = selected_waves(cert, only);
     let Some(bundle) = current else {
         // `renew` already reports why there is none; `deploy` was asked for one.
         let action = match mode {
@@ -516,9 +545,13 @@ async fn deploy_certificate(
                 error: NO_CERTIFICATE.to_string(),
             },
         };
-        return Ok(targets
+        return Ok(waves
             .iter()
-            .map(|t| TargetReport::new(t, action.clone()))
+            .flatten()
+            .map(|(t, wave)| TargetReport {
+                wave: *wave,
+                ..TargetReport::new(t, action.clone())
+            })
             .collect());
     };
     let files = BundleFiles {
@@ -526,28 +559,80 @@ async fn deploy_certificate(
             .current_dir(&cert.name)?
             .expect("a current certificate has a directory"),
     };
-    let mut records = Vec::new();
-    for t in &targets {
-        records.push(store.target_record(&cert.name, &t.name)?);
-    }
+    let rollout = &cert.rollout;
     let bundle = Arc::new(bundle.clone());
-    let reports: Vec<(TargetReport, Option<TargetRecord>)> =
-        stream::iter(targets.iter().zip(records))
-            .map(|(t, record)| {
-                let (bundle, files) = (bundle.clone(), files.clone());
-                async move { one_target(&cert.name, t, &bundle, &files, record, mode).await }
-            })
-            .buffered(TARGET_CONCURRENCY)
-            .collect()
-            .await;
     let mut out = Vec::new();
-    for (report, record) in reports {
-        if let Some(record) = record {
-            store.save_target_record(&cert.name, &report.name, &record)?;
+    let mut halted: Option<String> = None;
+    for (w, wave) in waves.iter().enumerate() {
+        if let Some(reason) = &halted {
+            out.extend(wave.iter().map(|(t, wave)| TargetReport {
+                wave: *wave,
+                ..TargetReport::new(
+                    t,
+                    TargetAction::NotReached {
+                        reason: reason.clone(),
+                    },
+                )
+            }));
+            continue;
         }
-        out.push(report);
+        let mut records = Vec::new();
+        for (t, _) in wave {
+            records.push(store.target_record(&cert.name, &t.name)?);
+        }
+        let results: Vec<(TargetReport, Option<TargetRecord>)> =
+            stream::iter(wave.iter().zip(records))
+                .map(|((t, wave), before)| {
+                    let (bundle, files) = (bundle.clone(), files.clone());
+                    async move {
+                        let outcome =
+                            one_target(&cert.name, t, &bundle, &files, before.clone(), mode).await;
+                        let (mut report, mut record) = (outcome.report, outcome.record);
+                        if rollout.rollback && outcome.changed && !report.ok() {
+                            let (rollback, restored) =
+                                roll_back(store, &cert.name, t, &bundle, before.as_ref()).await;
+                            record = Some(restored);
+                            report.rollback = Some(rollback);
+                        }
+                        report.wave = *wave;
+                        (report, record)
+                    }
+                })
+                .buffered(rollout.max_parallel)
+                .collect()
+                .await;
+        let mut failed = Vec::new();
+        for (report, record) in results {
+            if let Some(record) = record {
+                store.save_target_record(&cert.name, &report.name, &record)?;
+            }
+            if !report.ok() {
+                failed.push(report.name.clone());
+            }
+            out.push(report);
+        }
+        let later = w + 1 < waves.len();
+        if !failed.is_empty() && later && rollout.on_failure == OnFailure::Halt {
+            let reason = format!(
+                "the rollout halted after wave {} because {} failed",
+                w + 1,
+                failed.join(", ")
+            );
+            tracing::error!(certificate = %cert.name, wave = w + 1, failed = %failed.join(", "), "rollout halted; later waves are not touched");
+            halted = Some(reason);
+        }
     }
     Ok(out)
+}
+
+/// What one target's deployment did.
+struct TargetOutcome {
+    report: TargetReport,
+    /// The record to store for the target, when something was attempted.
+    record: Option<TargetRecord>,
+    /// The target's files (or its service) may have changed: there is
+    /// something to roll back.
+    changed: bool,
 }
 
 async fn one_target(
@@ -557,7 +642,7 @@ async fn one_target(
     files: &BundleFiles,
     previous: Option<TargetRecord>,
     mode: DeployMode,
-) -> (TargetReport, Option<TargetRecord>) {
+) -> TargetOutcome {
     let mut report = TargetReport::new(t, TargetAction::Checked);
     let push = match mode {
         DeployMode::Always => true,
@@ -577,12 +662,20 @@ async fn one_target(
                     let verdict = verify::verify_within(v, bundle, QUICK_VERIFY).await;
                     if verdict.is_current() {
                         report.verdict = Some(verdict);
-                        return (report, None);
+                        return TargetOutcome {
+                            report,
+                            record: None,
+                            changed: false,
+                        };
                     }
                     tracing::warn!(certificate = %cert_name, target = %t.name, problem = %verdict.problem().unwrap_or_default(), "target does not serve the current certificate; deploying again");
                     push = true;
                 } else {
-                    return (report, None);
+                    return TargetOutcome {
+                        report,
+                        record: None,
+                        changed: false,
+                    };
                 }
             }
             push
@@ -600,20 +693,24 @@ async fn one_target(
                     last_error: None,
                 });
             }
-            Err(error) => {
-                tracing::error!(certificate = %cert_name, target = %t.name, %error, "deployment failed");
+            Err(failure) => {
+                tracing::error!(certificate = %cert_name, target = %t.name, error = %failure.error, "deployment failed");
                 report.action = TargetAction::Failed {
-                    error: error.clone(),
+                    error: failure.error.clone(),
                 };
                 let failed = TargetRecord {
-                    last_error: Some(error),
+                    last_error: Some(failure.error),
                     ..previous.unwrap_or(TargetRecord {
                         deployed_sha256: None,
                         deployed_at: None,
                         last_error: None,
                     })
                 };
-                return (report, Some(failed));
+                return TargetOutcome {
+                    report,
+                    record: Some(failed),
+                    changed: failure.changed,
+                };
             }
         }
     }
@@ -632,12 +729,120 @@ async fn one_target(
                 "serves the current certificate, but without its intermediates: clients that lack them will fail"
             ),
             other => {
-                tracing::error!(certificate = %cert_name, target = %t.name, state = other.state(), problem = %other.problem().unwrap_or_default(), "verification failed")
+                tracing::error!(certificate = %cert_name, target = %t.name, state = other.state(), problem = %other.problem().unwrap_or_default(), "verification failed");
+                // Remembered, so that the next `renew` deploys again.
+                if let Some(r) = record.as_mut() {
+                    r.last_error = Some(format!(
+                        "verification {}: {}",
+                        other.state(),
+                        other.problem().unwrap_or_default()
+                    ));
+                }
             }
         }
         report.verdict = Some(verdict);
     }
-    (report, record)
+    TargetOutcome {
+        report,
+        record,
+        changed: push,
+    }
+}
+
+/// Give `t` back the certificate it held before this run (`before`), from
+/// the versions the store keeps, and verify it serves that one. Returns
+/// what happened and the record to store: the target is marked failed
+/// either way, so the next `renew` deploys the current certificate again.
+async fn roll_back(
+    store: &Store,
+    cert_name: &str,
+    t: &TargetConfig,
+    current: &Bundle,
+    before: Option<&TargetRecord>,
+) -> (Rollback, TargetRecord) {
+    let mut rollback = Rollback {
+        sha256: None,
+        error: None,
+        reload: None,
+        verdict: None,
+    };
+    let failed = |why: String| TargetRecord {
+        deployed_sha256: None,
+        deployed_at: None,
+        last_error: Some(why),
+    };
+    let Some(previous_sha) = before.and_then(|r| r.deployed_sha256.clone()) else {
+        let why = "no rollback: certherd has no record of an earlier certificate on this target"
+            .to_string();
+        tracing::error!(certificate = %cert_name, target = %t.name, "{why}");
+        rollback.error = Some(why.clone());
+        return (rollback, failed(why));
+    };
+    rollback.sha256 = Some(previous_sha.clone());
+    if previous_sha == current.info.sha256 {
+        let why =
+            "no rollback: the certificate the target held before is the current one".to_string();
+        rollback.error = Some(why.clone());
+        return (rollback, failed(why));
+    }
+    let (dir, previous) = match store.version_with_sha256(cert_name, &previous_sha) {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            let why = format!(
+                "no rollback: certificate {previous_sha} is no longer in the state directory \
+                 (it keeps the current and {} previous versions)",
+                crate::store::KEEP_PREVIOUS
+            );
+            rollback.error = Some(why.clone());
+            return (rollback, failed(why));
+        }
+        Err(e) => {
+            let why = format!("no rollback: {e}");
+            rollback.error = Some(why.clone());
+            return (rollback, failed(why));
+        }
+    };
+    tracing::warn!(certificate = %cert_name, target = %t.name, sha256 = %previous_sha, "rolling back to the previous certificate");
+    let mut scratch = TargetReport::new(t, TargetAction::Checked);
+    let files = BundleFiles { dir };
+    if let Err(failure) = push_and_reload(cert_name, t, &previous, &files, &mut scratch).await {
+        tracing::error!(certificate = %cert_name, target = %t.name, error = %failure.error, "rollback failed");
+        rollback.reload = scratch.reload;
+        rollback.error = Some(failure.error.clone());
+        return (
+            rollback,
+            failed(format!(
+                "rollback to {previous_sha} failed: {}",
+                failure.error
+            )),
+        );
+    }
+    rollback.reload = scratch.reload;
+    if let Some(v) = &t.verify {
+        let verdict = verify::verify(v, &previous).await;
+        if verdict.is_current() {
+            tracing::info!(certificate = %cert_name, target = %t.name, sha256 = %previous_sha, "rolled back: serves the previous certificate");
+        } else {
+            tracing::error!(certificate = %cert_name, target = %t.name, state = verdict.state(), problem = %verdict.problem().unwrap_or_default(), "rolled back, but the previous certificate is not served either");
+        }
+        rollback.verdict = Some(verdict);
+    }
+    let record = TargetRecord {
+        deployed_sha256: Some(previous_sha.clone()),
+        deployed_at: Some(rfc3339(OffsetDateTime::now_utc())),
+        last_error: Some(format!(
+            "certificate {} failed on this target; rolled back to {previous_sha}",
+            current.info.sha256
+        )),
+    };
+    (rollback, record)
+}
+
+/// A push that did not work, and whether it got far enough to change the
+/// target (written, then the reload failed).
+struct PushFailure {
+    error: String,
+    changed: bool,
 }
 
 async fn push_and_reload(
@@ -646,17 +851,24 @@ async fn push_and_reload(
     bundle: &Bundle,
     files: &BundleFiles,
     report: &mut TargetReport,
-) -> Result<(), String> {
+) -> Result<(), PushFailure> {
     let deployed = deploy::deploy(cert_name, t, bundle, files)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| PushFailure {
+            error: e.to_string(),
+            // An exec target's command may have done part of its work.
+            changed: matches!(t.kind, crate::config::TargetKind::Exec(_)),
+        })?;
     report.command = deployed.command;
     match deploy::reload(t).await {
         Ok(outcome) => {
             report.reload = outcome;
             Ok(())
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(PushFailure {
+            error: e.to_string(),
+            changed: true,
+        }),
     }
 }
 
@@ -736,9 +948,14 @@ const STATUS_VERIFY: Duration = Duration::from_secs(5);
 pub async fn status(config: &Config, offline: bool) -> Result<Status, RunError> {
     let store = Store::open_readonly(&config.state_dir, &config.acme.directory);
     let now = OffsetDateTime::now_utc();
+    let names: Vec<&str> = config
+        .certificates
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    let currents = store.current_all(&names)?;
     let mut certs = Vec::new();
-    for cert in &config.certificates {
-        let current = store.current(&cert.name)?;
+    for (cert, current) in config.certificates.iter().zip(currents) {
         // The stored window of the current certificate; `status` fetches nothing.
         let record = match &current {
             Some(b) if cert.renewal.ari => store
@@ -756,9 +973,18 @@ pub async fn status(config: &Config, offline: bool) -> Result<Status, RunError> 
             now,
             false,
         );
-        let mut targets = Vec::new();
-        for t in &cert.targets {
-            targets.push(target_status(t, current.as_ref(), offline).await);
+        let current_ref = current.as_ref();
+        let mut targets: Vec<TargetStatus> = stream::iter(&cert.targets)
+            .map(|t| target_status(t, current_ref, offline))
+            .buffered(TARGET_CONCURRENCY)
+            .collect()
+            .await;
+        for t in &mut targets {
+            // What the last deployment left behind (a failure, a rollback).
+            if let Ok(Some(record)) = store.target_record(&cert.name, &t.name) {
+                t.deployed_sha256 = record.deployed_sha256;
+                t.last_error = record.last_error;
+            }
         }
         let info = current.as_ref().map(|b| &b.info);
         certs.push(CertStatus {
@@ -795,6 +1021,8 @@ async fn target_status(t: &TargetConfig, current: Option<&Bundle>, offline: bool
         served_sha256: None,
         chain_complete: None,
         error: None,
+        deployed_sha256: None,
+        last_error: None,
     };
     let Some(bundle) = current else {
         return s;

@@ -220,6 +220,7 @@ mod tests {
                 ..RenewalPolicy::default()
             },
             targets: vec![],
+            rollout: Default::default(),
         }
     }
 
@@ -231,6 +232,7 @@ mod tests {
             not_after: datetime!(2026-04-01 0:00 UTC), // 90 days
             domains: domains.iter().map(|d| d.to_string()).collect(),
             key_type: Some(key),
+            authority_key_id: None,
         }
     }
 

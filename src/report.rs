@@ -21,6 +21,9 @@ pub struct CertReport {
     /// Why it was due; `None` when not due.
     pub due: Option<String>,
     pub issuance: Issuance,
+    /// How the targets are rolled out, when `rollout:` is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
     pub targets: Vec<TargetReport>,
 }
 
@@ -57,6 +60,32 @@ pub struct TargetReport {
     pub command: Option<CommandOutcome>,
     pub reload: Option<CommandOutcome>,
     pub verdict: Option<Verdict>,
+    /// The rollout wave (1-based) the target was in, when the certificate
+    /// has more than one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wave: Option<usize>,
+    /// What restoring the target's previous certificate did (`rollback: true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
+}
+
+/// A failed target given back the certificate it held before.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rollback {
+    /// The certificate it was given back, when one was known.
+    pub sha256: Option<String>,
+    /// Why the rollback did not happen or did not work; `None`: restored
+    /// (and, with `verify`, verified on it).
+    pub error: Option<String>,
+    pub reload: Option<CommandOutcome>,
+    /// The handshake against the restored certificate.
+    pub verdict: Option<Verdict>,
+}
+
+impl Rollback {
+    pub fn ok(&self) -> bool {
+        self.error.is_none() && self.verdict.as_ref().is_none_or(Verdict::is_current)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -78,6 +107,11 @@ pub enum TargetAction {
     },
     /// Only verified (the `verify` command).
     Checked,
+    /// Left alone: an earlier wave of the rollout failed with
+    /// `on_failure: halt`.
+    NotReached {
+        reason: String,
+    },
 }
 
 impl TargetReport {
@@ -90,14 +124,21 @@ impl TargetReport {
             command: None,
             reload: None,
             verdict: None,
+            wave: None,
+            rollback: None,
         }
     }
 
+    /// The target holds (and, with `verify`, serves) the current
+    /// certificate, or passed its preflight. A rolled-back target is not
+    /// ok: it serves the previous certificate.
     pub fn ok(&self) -> bool {
         let action_ok = !matches!(
             self.action,
-            TargetAction::Failed { .. } | TargetAction::PreflightFailed { .. }
-        );
+            TargetAction::Failed { .. }
+                | TargetAction::PreflightFailed { .. }
+                | TargetAction::NotReached { .. }
+        ) && self.rollback.is_none();
         action_ok && self.verdict.as_ref().is_none_or(Verdict::is_current)
     }
 }
@@ -114,6 +155,8 @@ impl CertReport {
             domains: cert.domains.clone(),
             due,
             issuance,
+            rollout: (cert.rollout != crate::config::Rollout::default())
+                .then(|| rollout_text(cert)),
             targets,
         }
     }
@@ -157,12 +200,49 @@ impl Report {
                 Issuance::Failed { error } => format!("renewal FAILED: {error}"),
             };
             out.push_str(&format!("{} [{}]: {head}\n", c.name, c.domains.join(", ")));
+            if let Some(r) = &c.rollout {
+                out.push_str(&format!("  rollout: {r}\n"));
+            }
             for t in &c.targets {
-                out.push_str(&format!("  {} ({}): {}\n", t.name, t.kind, target_line(t)));
+                let wave = t.wave.map(|w| format!(", wave {w}")).unwrap_or_default();
+                out.push_str(&format!(
+                    "  {} ({}{wave}): {}\n",
+                    t.name,
+                    t.kind,
+                    target_line(t)
+                ));
             }
         }
         out
     }
+}
+
+/// `rollout:` in a line: "wave 1: web1; wave 2: lb1, lb2; at most 8 at
+/// once; halt on failure; rollback".
+fn rollout_text(cert: &crate::config::CertificateConfig) -> String {
+    let r = &cert.rollout;
+    let waves = cert.waves();
+    let mut parts: Vec<String> = if waves.len() > 1 {
+        waves
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let names: Vec<&str> = w.iter().map(|t| t.name.as_str()).collect();
+                format!("wave {}: {}", i + 1, names.join(", "))
+            })
+            .collect()
+    } else {
+        vec!["one wave".to_string()]
+    };
+    parts.push(format!("at most {} at once", r.max_parallel));
+    parts.push(match r.on_failure {
+        crate::config::OnFailure::Halt => "halt on failure".to_string(),
+        crate::config::OnFailure::Continue => "continue on failure".to_string(),
+    });
+    if r.rollback {
+        parts.push("roll back failed targets".to_string());
+    }
+    parts.join("; ")
 }
 
 fn target_line(t: &TargetReport) -> String {
@@ -179,6 +259,7 @@ fn target_line(t: &TargetReport) -> String {
             parts.push(format!("preflight FAILED: {}", problems.join("; ")))
         }
         TargetAction::Checked => {}
+        TargetAction::NotReached { reason } => parts.push(format!("NOT REACHED: {reason}")),
     }
     if let Some(r) = &t.reload {
         parts.push(format!("reload {}", r.summary()));
@@ -201,6 +282,21 @@ fn target_line(t: &TargetReport) -> String {
             v.problem().unwrap_or_default()
         )),
         None => {}
+    }
+    if let Some(r) = &t.rollback {
+        let to = r.sha256.as_deref().unwrap_or("-");
+        match (&r.error, &r.verdict) {
+            (Some(e), _) => parts.push(format!("rollback FAILED: {e}")),
+            (None, Some(v)) if v.is_current() => {
+                parts.push(format!("ROLLED BACK to {to}, verified: serves it"))
+            }
+            (None, Some(v)) => parts.push(format!(
+                "ROLLED BACK to {to}, but verification {}: {}",
+                v.state().to_uppercase(),
+                v.problem().unwrap_or_default()
+            )),
+            (None, None) => parts.push(format!("ROLLED BACK to {to}")),
+        }
     }
     parts.join("; ")
 }
@@ -251,6 +347,11 @@ pub struct TargetStatus {
     pub served_sha256: Option<String>,
     pub chain_complete: Option<bool>,
     pub error: Option<String>,
+    /// The certificate certherd last deployed to the target.
+    pub deployed_sha256: Option<String>,
+    /// Why the last deployment to the target failed (or was rolled back);
+    /// the next `renew` deploys again.
+    pub last_error: Option<String>,
 }
 
 impl Status {
@@ -303,6 +404,9 @@ impl Status {
                     .map(|e| format!(": {e}"))
                     .unwrap_or_default();
                 out.push_str(&format!("  {}: {}{why}\n", t.name, t.state));
+                if let (Some(e), false) = (&t.last_error, t.state == "current") {
+                    out.push_str(&format!("    last deployment failed: {e}\n"));
+                }
             }
         }
         out

@@ -26,7 +26,7 @@ fn status_before_the_first_certificate() {
             "serial": null, "sha256": null, "not_before": null, "not_after": null,
             "key_type": null,
             "due": true, "due_reason": "no certificate yet", "renew_at": null, "ari": null,
-            "targets": [{"name": "web", "state": "unverified", "served_sha256": null, "chain_complete": null, "error": null}]
+            "targets": [{"name": "web", "state": "unverified", "served_sha256": null, "chain_complete": null, "error": null, "deployed_sha256": null, "last_error": null}]
         }]})
     );
     let human = setup.run(&["status"]);
@@ -154,7 +154,8 @@ fn verify_finds_a_stale_target_and_deploy_repairs_it() {
     assert_eq!(
         status["certificates"][0]["targets"][0],
         serde_json::json!({"name": "web", "state": "stale", "served_sha256": nginx.placeholder().sha256(), "chain_complete": null,
-            "error": format!("serves {}, expected {sha}", nginx.placeholder().sha256())})
+            "error": format!("serves {}, expected {sha}", nginx.placeholder().sha256()),
+            "deployed_sha256": sha, "last_error": null})
     );
 
     // Selecting what does not exist is a command-line error: nothing attempted.

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use certherd::config::{
     load, load_str, ChallengeChoice, CommandSpec, Dns01, DnsBackend, DnsExec, EventKind,
-    ExecTarget, FileSet, FileTarget, KeyType, MetricsConfig, NotifierConfig, NotifierKind,
-    Pkcs12File, RenewalPolicy, Rfc2136, Secret, Solver, SshTarget, Starttls, TargetConfig,
-    TargetKind, Text, Threshold, Tsig, TsigAlgorithm, VerifyConfig, WebhookFormat,
+    ExecTarget, FileSet, FileTarget, HaproxySocket, KeyType, MetricsConfig, NotifierConfig,
+    NotifierKind, OnFailure, Pkcs12File, RenewalPolicy, Rfc2136, Rollout, Secret, Solver,
+    SshTarget, Starttls, TargetConfig, TargetKind, Text, Threshold, Tsig, TsigAlgorithm,
+    VerifyConfig, WebhookFormat,
 };
 
 const PATH: &str = "/etc/certherd/certherd.yaml";
@@ -506,7 +507,7 @@ acme:
 }
 
 #[test]
-fn not_yet_supported_features_are_rejected() {
+fn every_section_of_the_interface_loads_and_only_real_mistakes_are_reported() {
     let src = "\
 acme:
   directory: letsencrypt
@@ -533,29 +534,91 @@ certificates:
       - name: lb1
         type: ssh
         host: lb1.example.com
-      - name: cdn
-        type: webhook
       - name: web1
         type: file
         fullchain: /etc/nginx/tls/example.pem
         colour: blue
-    rollout:
-      waves: [[web1], [lb1]]
 ";
     assert_errors(
         src,
         &[
             "/etc/certherd/certherd.yaml:23:9: target \"lb1\" writes no file: set at least \
              one of cert, chain, fullchain, key, combined, pkcs12",
-            "/etc/certherd/certherd.yaml:27:15: target type `webhook` is not supported by this \
-             version of certherd yet",
-            "/etc/certherd/certherd.yaml:31:9: unknown key `colour` in target \"web1\" (expected \
+            "/etc/certherd/certherd.yaml:29:9: unknown key `colour` in target \"web1\" (expected \
              one of: name, type, cert, chain, fullchain, key, combined, pkcs12, pkcs12_password, pkcs12_name, mode, owner, group, \
              reload, reload_timeout, verify)",
-            "/etc/certherd/certherd.yaml:32:5: `rollout` is not supported by this version of \
-             certherd yet",
         ],
     );
+}
+
+#[test]
+fn rollout_mistakes_are_named_where_they_are() {
+    let src = with_head(
+        "    targets:
+      - { name: web1, type: file, fullchain: /etc/tls/a.pem }
+      - { name: web2, type: file, fullchain: /etc/tls/b.pem }
+    rollout:
+      waves: [[web1, web3], [web1], [], web2]
+      max_parallel: 0
+      on_failure: stop
+      rollback: yes please
+      canary: web1
+",
+    );
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:15:22: `waves` names target \"web3\", which certificate \
+             \"example\" does not have (its targets: web1, web2)",
+            "/etc/certherd/certherd.yaml:15:30: target \"web1\" is in more than one wave (first \
+             at 15:16)",
+            "/etc/certherd/certherd.yaml:15:37: wave 3 of `waves` is empty",
+            "/etc/certherd/certherd.yaml:15:41: wave 4 of `waves` must be a list, not \"web2\"",
+            "/etc/certherd/certherd.yaml:16:21: `max_parallel` must be a whole number from 1 to \
+             1024, not \"0\"",
+            "/etc/certherd/certherd.yaml:17:19: `on_failure` must be halt or continue, not \"stop\"",
+            "/etc/certherd/certherd.yaml:18:17: `rollback` must be true or false, not \
+             \"yes please\"",
+            "/etc/certherd/certherd.yaml:19:7: unknown key `canary` in `rollout` of certificate \
+             \"example\" (expected one of: waves, max_parallel, on_failure, rollback)",
+        ],
+    );
+}
+
+#[test]
+fn a_rollout_reads_into_waves_with_the_rest_last() {
+    let src = with_head(
+        "    targets:
+      - { name: web1, type: file, fullchain: /etc/tls/a.pem }
+      - { name: web2, type: file, fullchain: /etc/tls/b.pem }
+      - { name: web3, type: file, fullchain: /etc/tls/c.pem }
+    rollout: { waves: [[web3]], max_parallel: 2, on_failure: halt, rollback: true }
+",
+    );
+    let config = load_str(&src, Path::new(PATH), &fake_env).unwrap();
+    let cert = &config.certificates[0];
+    assert_eq!(
+        cert.rollout,
+        Rollout {
+            waves: vec![vec!["web3".to_string()]],
+            max_parallel: 2,
+            on_failure: OnFailure::Halt,
+            rollback: true,
+        }
+    );
+    let waves: Vec<Vec<&str>> = cert
+        .waves()
+        .iter()
+        .map(|w| w.iter().map(|t| t.name.as_str()).collect())
+        .collect();
+    assert_eq!(waves, [vec!["web3"], vec!["web1", "web2"]]);
+
+    // Without `rollout`: one wave, 8 at once, continue, no rollback.
+    let plain = load_str(&with_head(""), Path::new(PATH), &fake_env).unwrap();
+    assert_eq!(plain.certificates[0].rollout, Rollout::default());
+    assert_eq!(Rollout::default().max_parallel, 8);
+    assert_eq!(Rollout::default().on_failure, OnFailure::Continue);
+    assert!(!Rollout::default().rollback);
 }
 
 #[test]
@@ -1507,6 +1570,163 @@ notify:
     for secret in ["never-printed", "never printed", "hook-token"] {
         assert!(!all.contains(secret), "{all}");
     }
+}
+
+#[test]
+fn haproxy_and_webhook_targets_load_with_their_defaults() {
+    let src = with_head(
+        "    targets:
+      - name: lb1
+        type: haproxy
+        socket: /run/haproxy/admin.sock
+        combined: certs/example.pem
+      - name: lb2
+        type: haproxy
+        socket: ipv4@127.0.0.1:9999
+        combined: /etc/haproxy/certs/example.pem
+        cert_name: certs/example.pem
+        mode: \"0640\"
+        group: haproxy
+        timeout: 30s
+      - name: vault
+        type: webhook
+        url: https://vault.example.com/certs
+        headers: { Authorization: { env: HOOK_TOKEN }, X-Team: edge }
+      - name: local
+        type: webhook
+        url: http://[::1]:8080/certs
+        timeout: 5s
+",
+    );
+    let config = load_str(&src, Path::new(PATH), &fake_env).expect("valid");
+    let t = &config.certificates[0].targets;
+    let TargetKind::Haproxy(lb1) = &t[0].kind else {
+        panic!("haproxy: {:?}", t[0].kind)
+    };
+    assert_eq!(
+        lb1.socket,
+        HaproxySocket::Unix(PathBuf::from("/run/haproxy/admin.sock"))
+    );
+    assert_eq!(lb1.combined(), Path::new("/etc/certherd/certs/example.pem"));
+    assert_eq!(lb1.cert_name, "/etc/certherd/certs/example.pem");
+    assert_eq!(lb1.file.mode, 0o600);
+    assert_eq!(lb1.timeout, Duration::from_secs(10));
+    let TargetKind::Haproxy(lb2) = &t[1].kind else {
+        panic!("haproxy")
+    };
+    assert_eq!(lb2.socket, HaproxySocket::Tcp("127.0.0.1:9999".into()));
+    assert_eq!(lb2.cert_name, "certs/example.pem");
+    assert_eq!(lb2.file.mode, 0o640);
+    assert_eq!(lb2.file.group.as_deref(), Some("haproxy"));
+    assert_eq!(lb2.timeout, Duration::from_secs(30));
+    let TargetKind::Webhook(vault) = &t[2].kind else {
+        panic!("webhook")
+    };
+    assert_eq!(
+        vault.url,
+        Text::Plain("https://vault.example.com/certs".into())
+    );
+    assert_eq!(vault.headers[0].0, "Authorization");
+    assert_eq!(vault.headers[0].1.expose(), HOOK_SECRET);
+    assert!(vault.headers[0].1.is_secret());
+    assert_eq!(vault.headers[1].1, Text::Plain("edge".into()));
+    assert_eq!(vault.timeout, Duration::from_secs(30));
+    assert!(!format!("{config:?}").contains(HOOK_SECRET));
+    let TargetKind::Webhook(local) = &t[3].kind else {
+        panic!("webhook")
+    };
+    assert_eq!(local.timeout, Duration::from_secs(5));
+}
+
+#[test]
+fn haproxy_target_errors_name_the_place() {
+    let src = with_head(
+        "    targets:
+      - name: lb1
+        type: haproxy
+        combined: /etc/haproxy/certs/example.pem
+        reload: [systemctl, reload, haproxy]
+        colour: blue
+      - name: lb2
+        type: haproxy
+        socket: 192.0.2.10:9999
+        combined: /etc/haproxy/my certs/example.pem
+        mode: \"999\"
+      - name: lb3
+        type: haproxy
+        socket: /run/haproxy/admin.sock
+        combined: /etc/haproxy/certs/example.pem
+        cert_name: \"a.pem;shutdown frontend fe\"
+        timeout: 0s
+",
+    );
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:12:9: missing key `socket` in target \"lb1\"",
+            "/etc/certherd/certherd.yaml:16:9: unknown key `colour` in target \"lb1\" (expected \
+             one of: name, type, socket, combined, cert_name, mode, owner, group, timeout, \
+             reload, reload_timeout, verify)",
+            "/etc/certherd/certherd.yaml:19:17: `socket` \"192.0.2.10:9999\" is not on this \
+             machine: HAProxy's runtime API carries the private key in clear, so a TCP socket \
+             must be on a loopback address (127.0.0.1, [::1], localhost); use a unix socket, \
+             or an ssh target for a remote HAProxy",
+            "/etc/certherd/certherd.yaml:20:19: the `combined` path \"/etc/haproxy/my \
+             certs/example.pem\" cannot be a certificate name on HAProxy's runtime API (no \
+             spaces, `;` or backslashes)",
+            "/etc/certherd/certherd.yaml:20:19: set `cert_name` to the name HAProxy knows",
+            "/etc/certherd/certherd.yaml:21:15: `mode` must be an octal string like \
+             \"0640\", not \"999\"",
+            "/etc/certherd/certherd.yaml:26:20: `cert_name` \"a.pem;shutdown frontend fe\" \
+             cannot be a certificate name on HAProxy's runtime API (no spaces, `;` or \
+             backslashes)",
+            "/etc/certherd/certherd.yaml:27:18: `timeout` must be longer than 0s",
+        ],
+    );
+}
+
+#[test]
+fn webhook_target_errors_name_the_place_and_never_a_secret() {
+    let src = with_head(
+        "    targets:
+      - name: hook1
+        type: webhook
+        url: http://vault.example.com/certs
+        headers: { Authorization: \"Bearer inline-token\" }
+      - name: hook2
+        type: webhook
+        url: { env: SLACK_URL }
+        trust_roots: [/nonexistent/root.pem]
+        method: PUT
+      - name: hook3
+        type: webhook
+        url: http://127.0.0.1:8080/certs
+        headers: { X-Token: { env: MISSING_TOKEN } }
+      - name: hook4
+        type: webhook
+",
+    );
+    let errs = errors(&src);
+    assert_eq!(
+        errs,
+        [
+            "/etc/certherd/certherd.yaml:14:14: `url` \"http://vault.example.com/certs\" is \
+             plain http:// to a host that is not a loopback address: the webhook carries the \
+             private key, so it must be https:// (http:// only to 127.0.0.1, [::1] or \
+             localhost)",
+            "/etc/certherd/certherd.yaml:15:35: header `Authorization` carries a credential \
+             and is never written inline: use { env: NAME } or { file: PATH }",
+            "/etc/certherd/certherd.yaml:19:23: cannot read trust root /nonexistent/root.pem: \
+             No such file or directory (os error 2)",
+            "/etc/certherd/certherd.yaml:20:9: unknown key `method` in target \"hook2\" \
+             (expected one of: name, type, url, headers, timeout, trust_roots, reload, \
+             reload_timeout, verify)",
+            "/etc/certherd/certherd.yaml:24:36: environment variable MISSING_TOKEN (for \
+             `X-Token`) is not set",
+            "/etc/certherd/certherd.yaml:25:9: missing key `url` in target \"hook4\"",
+        ]
+    );
+    assert!(!errs.concat().contains("never-printed"));
 }
 
 #[test]

@@ -11,6 +11,8 @@ use certherd::config::load_str;
 fn example_env(name: &str) -> Option<String> {
     match name {
         "EAB_HMAC_KEY" => Some("ZXhhbXBsZS1obWFjLWtleQ".to_string()),
+        "TSIG_SECRET" => Some("ZXhhbXBsZS10c2lnLXNlY3JldC1rZXktMzItYnl0ZXM=".to_string()),
+        "CERTS_TOKEN" => Some("Bearer example-token".to_string()),
         "KEYSTORE_PASSWORD" => Some("example-keystore-password".to_string()),
         _ => None,
     }
@@ -39,7 +41,12 @@ fn every_example_configuration_loads() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let mut files = Vec::new();
     yaml_files(&dir, &mut files);
-    for name in ["nginx-standalone.yaml", "webroot.yaml", "staging.yaml"] {
+    for name in [
+        "nginx-standalone.yaml",
+        "webroot.yaml",
+        "staging.yaml",
+        "haproxy-webhook.yaml",
+    ] {
         assert!(
             files.contains(&dir.join(name)),
             "examples/{name} is missing (found {files:?})"

@@ -107,7 +107,8 @@ fn renew_issues_deploys_reloads_and_proves_it() {
     assert_eq!(c["sha256"], sha.as_str());
     assert_eq!(
         c["targets"][0],
-        serde_json::json!({"name": "web", "state": "current", "served_sha256": sha, "chain_complete": true, "error": null})
+        serde_json::json!({"name": "web", "state": "current", "served_sha256": sha, "chain_complete": true, "error": null,
+            "deployed_sha256": sha, "last_error": null})
     );
     assert_eq!(c["targets"][1]["state"], "unverified");
 

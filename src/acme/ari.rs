@@ -25,7 +25,6 @@ use futures_util::stream::{self, StreamExt};
 use instant_acme::CertificateIdentifier;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
 
 use crate::acme::http::{self, AcmeHttp, RetryPolicy};
 use crate::cert::rfc3339;
@@ -51,18 +50,18 @@ pub fn encode_cert_id(key_identifier: &[u8], serial: &[u8]) -> String {
 
 /// The certificate identifier of a leaf (DER); an error says why it has none.
 pub fn cert_id(leaf_der: &[u8]) -> Result<String, String> {
-    let (_, cert) = X509Certificate::from_der(leaf_der).map_err(|e| e.to_string())?;
-    let key_identifier = cert
-        .iter_extensions()
-        .find_map(|ext| match ext.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref(),
-            _ => None,
-        })
+    let info = crate::cert::info(leaf_der).map_err(|e| e.to_string())?;
+    cert_id_of(&info)
+}
+
+/// [`cert_id`] from what [`crate::cert::info`] already decoded.
+pub fn cert_id_of(info: &crate::cert::CertInfo) -> Result<String, String> {
+    let key_identifier = info
+        .authority_key_id
+        .as_deref()
         .ok_or("the certificate has no authority key identifier")?;
-    Ok(encode_cert_id(
-        key_identifier.0,
-        cert.tbs_certificate.raw_serial(),
-    ))
+    let serial = hex::decode(&info.serial).map_err(|e| format!("serial: {e}"))?;
+    Ok(encode_cert_id(key_identifier, &serial))
 }
 
 /// [`cert_id`] as instant-acme's identifier, for `replaces` on an order.

@@ -2,7 +2,7 @@
 //! who is told when a certificate is renewed, a deployment fails, a target
 //! serves the wrong certificate, or a certificate is about to expire.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::values;
@@ -307,14 +307,7 @@ fn webhook(
         None => Some(DEFAULT_WEBHOOK_TIMEOUT),
     };
     let trust_roots = match m.get("trust_roots") {
-        Some(n) => {
-            let items = yaml::list(n, "`trust_roots`", d).unwrap_or_default();
-            let roots: Vec<_> = items
-                .iter()
-                .filter_map(|item| values::trust_root(item, base, d))
-                .collect();
-            (roots.len() == items.len()).then_some(roots)
-        }
+        Some(n) => trust_roots(n, base, d),
         None => Some(Vec::new()),
     };
     Some(WebhookConfig {
@@ -324,6 +317,16 @@ fn webhook(
         timeout: timeout?,
         trust_roots: trust_roots?,
     })
+}
+
+/// `trust_roots: [a.pem, ...]`: each a readable PEM file with a certificate.
+pub(super) fn trust_roots(node: &Node, base: &Path, d: &mut Diag) -> Option<Vec<PathBuf>> {
+    let items = yaml::list(node, "`trust_roots`", d).unwrap_or_default();
+    let roots: Vec<_> = items
+        .iter()
+        .filter_map(|item| values::trust_root(item, base, d))
+        .collect();
+    (roots.len() == items.len()).then_some(roots)
 }
 
 /// A string, or a secret `{ env }` / `{ file }`.
@@ -344,7 +347,7 @@ fn text(
 
 /// The webhook's URL: inline, or a secret when it holds a token. A secret
 /// URL is never shown in a message.
-fn url(
+pub(super) fn url(
     node: &Node,
     base: &Path,
     env: &dyn Fn(&str) -> Option<String>,
@@ -380,7 +383,7 @@ fn is_credential_header(lower: &str) -> bool {
             .any(|w| lower.contains(w))
 }
 
-fn headers(
+pub(super) fn headers(
     node: &Node,
     base: &Path,
     env: &dyn Fn(&str) -> Option<String>,

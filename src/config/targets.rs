@@ -1,15 +1,20 @@
 //! A certificate's `targets:` list: where the certificate goes (`file`,
-//! `exec`, `ssh`), what reloads the service, and how the result is verified.
+//! `exec`, `ssh`, `haproxy`, `webhook`), what reloads the service, and how
+//! the result is verified.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::monitoring;
 use super::values;
 use super::yaml::{self, peek, Map, Node, Value};
 use super::{
-    CommandSpec, Diag, ExecTarget, FileSet, FileTarget, Pkcs12File, SshTarget, Starttls,
-    TargetConfig, TargetKind, VerifyConfig,
+    CommandSpec, Diag, ExecTarget, FileSet, FileTarget, HaproxySocket, HaproxyTarget, Pkcs12File,
+    SshTarget, Starttls, TargetConfig, TargetKind, Text, VerifyConfig, WebhookTarget,
 };
+
+type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 const FILE_KEYS: &[&str] = &[
     "name",
@@ -62,15 +67,40 @@ const SSH_KEYS: &[&str] = &[
     "reload_timeout",
     "verify",
 ];
-const SUPPORTED_TYPES: &[&str] = &["file", "exec", "ssh"];
-/// Target types the interface describes that this version does not deploy to.
-const LATER_TYPES: &[&str] = &["haproxy", "webhook"];
+const HAPROXY_KEYS: &[&str] = &[
+    "name",
+    "type",
+    "socket",
+    "combined",
+    "cert_name",
+    "mode",
+    "owner",
+    "group",
+    "timeout",
+    "reload",
+    "reload_timeout",
+    "verify",
+];
+const WEBHOOK_KEYS: &[&str] = &[
+    "name",
+    "type",
+    "url",
+    "headers",
+    "timeout",
+    "trust_roots",
+    "reload",
+    "reload_timeout",
+    "verify",
+];
+const SUPPORTED_TYPES: &[&str] = &["file", "exec", "ssh", "haproxy", "webhook"];
 const VERIFY_KEYS: &[&str] = &["connect", "server_name", "timeout", "starttls"];
 const FILE_SLOTS: [&str; 6] = ["cert", "chain", "fullchain", "key", "combined", "pkcs12"];
 
 const DEFAULT_MODE: u32 = 0o600;
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_HAPROXY_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a target's keys are read against: its certificate's name and valid
 /// domains, the configuration's folder, the environment secrets come from.
@@ -78,7 +108,7 @@ pub(super) struct Context<'a> {
     pub cert: &'a str,
     pub domains: &'a [String],
     pub base: &'a Path,
-    pub env: &'a dyn Fn(&str) -> Option<String>,
+    pub env: Env<'a>,
 }
 
 /// The targets of certificate `cx.cert`.
@@ -158,13 +188,8 @@ fn target(
         "file" => FILE_KEYS,
         "exec" => EXEC_KEYS,
         "ssh" => SSH_KEYS,
-        _ if LATER_TYPES.contains(&ty) => {
-            d.at(
-                ty_node.pos,
-                format!("target type `{ty}` is not supported by this version of certherd yet"),
-            );
-            return None;
-        }
+        "haproxy" => HAPROXY_KEYS,
+        "webhook" => WEBHOOK_KEYS,
         _ => {
             d.at(
                 ty_node.pos,
@@ -182,6 +207,8 @@ fn target(
     let kind = match ty {
         "file" => file_target(&m, cx, false, d).map(TargetKind::File),
         "ssh" => ssh_target(&m, cx, d).map(TargetKind::Ssh),
+        "haproxy" => haproxy_target(&m, base, d).map(TargetKind::Haproxy),
+        "webhook" => webhook_target(&m, base, cx.env, d).map(TargetKind::Webhook),
         _ => exec_target(&m, base, d).map(TargetKind::Exec),
     };
     let reload_timeout = m
@@ -436,6 +463,166 @@ fn ssh_host(s: &str, label: &str, n: &Node, d: &mut Diag) -> Option<String> {
         return None;
     }
     Some(s.to_string())
+}
+
+fn haproxy_target(m: &Map<'_>, base: &Path, d: &mut Diag) -> Option<HaproxyTarget> {
+    let socket = m
+        .require("socket", d)
+        .and_then(|n| haproxy_socket(n, base, d));
+    let combined_node = m.require("combined", d);
+    let combined = combined_node.and_then(|n| values::path(n, "`combined`", base, d));
+    let cert_name = match (m.get("cert_name"), &combined) {
+        (Some(n), _) => yaml::nonempty_string(n, "`cert_name`", d)
+            .and_then(|s| haproxy_name(&s, "`cert_name`", n, d)),
+        (None, Some(p)) => {
+            let n = combined_node.expect("combined was given");
+            let name = haproxy_name(&p.display().to_string(), "the `combined` path", n, d);
+            if name.is_none() {
+                d.at(n.pos, "set `cert_name` to the name HAProxy knows");
+            }
+            name
+        }
+        (None, None) => None,
+    };
+    let mode = match m.get("mode") {
+        Some(n) => values::mode(n, d),
+        None => Some(DEFAULT_MODE),
+    };
+    let owner = m
+        .get("owner")
+        .and_then(|n| yaml::nonempty_string(n, "`owner`", d));
+    let group = m
+        .get("group")
+        .and_then(|n| yaml::nonempty_string(n, "`group`", d));
+    let timeout = match m.get("timeout") {
+        Some(n) => values::duration(n, "`timeout`", true, d),
+        None => Some(DEFAULT_HAPROXY_TIMEOUT),
+    };
+    Some(HaproxyTarget {
+        socket: socket?,
+        file: FileTarget {
+            files: FileSet {
+                combined: Some(combined?),
+                ..FileSet::default()
+            },
+            mode: mode?,
+            owner,
+            group,
+        },
+        cert_name: cert_name?,
+        timeout: timeout?,
+    })
+}
+
+/// `socket:` a unix socket path (relative to the configuration's folder),
+/// or `host:port` on a loopback address. HAProxy's own prefixes `unix@`,
+/// `ipv4@` and `ipv6@` are accepted.
+fn haproxy_socket(n: &Node, base: &Path, d: &mut Diag) -> Option<HaproxySocket> {
+    let raw = yaml::nonempty_string(n, "`socket`", d)?;
+    if let Some(path) = raw.strip_prefix("unix@") {
+        return Some(HaproxySocket::Unix(values::resolve(base, path)));
+    }
+    let addr = raw
+        .strip_prefix("ipv4@")
+        .or_else(|| raw.strip_prefix("ipv6@"))
+        .unwrap_or(&raw);
+    if !values::is_host_port(addr) {
+        if addr != raw {
+            d.at(
+                n.pos,
+                format!("`socket` {raw:?} must be an address and port after its prefix"),
+            );
+            return None;
+        }
+        return Some(HaproxySocket::Unix(values::resolve(base, &raw)));
+    }
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    if !is_loopback_host(host) {
+        d.at(
+            n.pos,
+            format!(
+                "`socket` {raw:?} is not on this machine: HAProxy's runtime API carries the \
+                 private key in clear, so a TCP socket must be on a loopback address \
+                 (127.0.0.1, [::1], localhost); use a unix socket, or an ssh target for a \
+                 remote HAProxy"
+            ),
+        );
+        return None;
+    }
+    Some(HaproxySocket::Tcp(addr.to_string()))
+}
+
+/// A certificate name HAProxy's command line can carry: one word, no `;`
+/// (which separates commands) and no backslash.
+fn haproxy_name(s: &str, label: &str, n: &Node, d: &mut Diag) -> Option<String> {
+    if s.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == ';' || c == '\\')
+    {
+        d.at(
+            n.pos,
+            format!(
+                "{label} {s:?} cannot be a certificate name on HAProxy's runtime API \
+                 (no spaces, `;` or backslashes)"
+            ),
+        );
+        return None;
+    }
+    Some(s.to_string())
+}
+
+/// `127.0.0.0/8`, `::1` (bracketed or not) or `localhost`.
+pub(super) fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn webhook_target(m: &Map<'_>, base: &Path, env: Env<'_>, d: &mut Diag) -> Option<WebhookTarget> {
+    let url = m.require("url", d).and_then(|n| {
+        let url = monitoring::url(n, base, env, d)?;
+        webhook_url_is_private(&url, n, d).then_some(url)
+    });
+    let headers = match m.get("headers") {
+        Some(n) => monitoring::headers(n, base, env, d),
+        None => Some(Vec::new()),
+    };
+    let timeout = match m.get("timeout") {
+        Some(n) => values::duration(n, "`timeout`", true, d),
+        None => Some(DEFAULT_WEBHOOK_TIMEOUT),
+    };
+    let trust_roots = match m.get("trust_roots") {
+        Some(n) => monitoring::trust_roots(n, base, d),
+        None => Some(Vec::new()),
+    };
+    Some(WebhookTarget {
+        url: url?,
+        headers: headers?,
+        timeout: timeout?,
+        trust_roots: trust_roots?,
+    })
+}
+
+/// The private key must not travel in clear: `https://`, or `http://` to a
+/// loopback address only.
+fn webhook_url_is_private(url: &Text, n: &Node, d: &mut Diag) -> bool {
+    let Ok(u) = reqwest::Url::parse(url.expose()) else {
+        return false;
+    };
+    if u.scheme() == "https" || u.host_str().is_some_and(is_loopback_host) {
+        return true;
+    }
+    let shown = match url {
+        Text::Plain(s) => format!("{s:?}"),
+        Text::Secret(s) => format!("from {}", s.origin()),
+    };
+    d.at(
+        n.pos,
+        format!(
+            "`url` {shown} is plain http:// to a host that is not a loopback address: the \
+             webhook carries the private key, so it must be https:// (http:// only to \
+             127.0.0.1, [::1] or localhost)"
+        ),
+    );
+    false
 }
 
 fn exec_target(m: &Map<'_>, base: &Path, d: &mut Diag) -> Option<ExecTarget> {

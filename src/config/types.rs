@@ -307,9 +307,71 @@ pub struct CertificateConfig {
     /// Top-level defaults merged with the per-certificate override.
     pub renewal: RenewalPolicy,
     pub targets: Vec<TargetConfig>,
+    pub rollout: Rollout,
+}
+
+/// How a certificate reaches its targets: in waves, a few at a time, and
+/// what a failed target does to the rest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    /// Target names, wave by wave, as configured; the targets not listed
+    /// form a last wave (see [`CertificateConfig::waves`]).
+    pub waves: Vec<Vec<String>>,
+    /// Targets deployed at once within a wave.
+    pub max_parallel: usize,
+    pub on_failure: OnFailure,
+    /// A target whose deployment or verification fails gets the
+    /// certificate it held before back.
+    pub rollback: bool,
+}
+
+impl Default for Rollout {
+    fn default() -> Rollout {
+        Rollout {
+            waves: Vec::new(),
+            max_parallel: Rollout::DEFAULT_MAX_PARALLEL,
+            on_failure: OnFailure::Continue,
+            rollback: false,
+        }
+    }
+}
+
+impl Rollout {
+    pub const DEFAULT_MAX_PARALLEL: usize = 8;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Later waves are not touched.
+    Halt,
+    /// Later waves go ahead.
+    Continue,
 }
 
 impl CertificateConfig {
+    /// The targets wave by wave: the configured waves, then every target
+    /// they do not name (in configuration order) as a last wave. Empty
+    /// waves are dropped.
+    pub fn waves(&self) -> Vec<Vec<&TargetConfig>> {
+        let by_name = |n: &String| self.targets.iter().find(|t| &t.name == n);
+        let mut out: Vec<Vec<&TargetConfig>> = self
+            .rollout
+            .waves
+            .iter()
+            .map(|w| w.iter().filter_map(by_name).collect::<Vec<_>>())
+            .filter(|w| !w.is_empty())
+            .collect();
+        let rest: Vec<&TargetConfig> = self
+            .targets
+            .iter()
+            .filter(|t| !self.rollout.waves.iter().flatten().any(|n| n == &t.name))
+            .collect();
+        if !rest.is_empty() {
+            out.push(rest);
+        }
+        out
+    }
+
     /// The first non-wildcard domain (the default SNI), else the first domain.
     pub fn primary_domain(&self) -> &str {
         self.domains
@@ -339,6 +401,8 @@ pub enum TargetKind {
     File(FileTarget),
     Exec(ExecTarget),
     Ssh(SshTarget),
+    Haproxy(HaproxyTarget),
+    Webhook(WebhookTarget),
 }
 
 impl TargetKind {
@@ -347,6 +411,8 @@ impl TargetKind {
             TargetKind::File(_) => "file",
             TargetKind::Exec(_) => "exec",
             TargetKind::Ssh(_) => "ssh",
+            TargetKind::Haproxy(_) => "haproxy",
+            TargetKind::Webhook(_) => "webhook",
         }
     }
 }
@@ -401,6 +467,66 @@ pub struct SshTarget {
     pub jump: Option<String>,
     /// Remote paths (absolute), mode, owner and group.
     pub files: FileTarget,
+}
+
+/// The `haproxy` target: a running HAProxy updated through its runtime API
+/// (`set ssl cert` + `commit ssl cert`, no reload), and the combined PEM
+/// written on disk so that a restart loads the same certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HaproxyTarget {
+    /// HAProxy's stats socket (`stats socket ... level admin`).
+    pub socket: HaproxySocket,
+    /// `files.combined` is the only file set: key + full chain, the file
+    /// HAProxy's `crt` names; mode, owner and group as for `file`.
+    pub file: FileTarget,
+    /// The name HAProxy knows the certificate by (its `crt` path); by
+    /// default the `combined` path.
+    pub cert_name: String,
+    /// For each exchange with the socket.
+    pub timeout: Duration,
+}
+
+impl HaproxyTarget {
+    /// The combined PEM's path.
+    pub fn combined(&self) -> &std::path::Path {
+        self.file
+            .files
+            .combined
+            .as_deref()
+            .expect("a haproxy target has a combined file")
+    }
+}
+
+/// Where HAProxy's runtime API listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HaproxySocket {
+    /// A unix socket (absolute path).
+    Unix(PathBuf),
+    /// `host:port` on a loopback address: the API carries the private key
+    /// in clear.
+    Tcp(String),
+}
+
+impl fmt::Display for HaproxySocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HaproxySocket::Unix(p) => write!(f, "{}", p.display()),
+            HaproxySocket::Tcp(a) => f.write_str(a),
+        }
+    }
+}
+
+/// The `webhook` target: the bundle (key included) POSTed as JSON over
+/// HTTPS (plain HTTP only to a loopback address).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookTarget {
+    pub url: Text,
+    /// Extra request headers, in the order of the file; values may be secrets.
+    pub headers: Vec<(String, Text)>,
+    /// For each attempt.
+    pub timeout: Duration,
+    /// Extra PEM roots for a receiver with a private CA.
+    pub trust_roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -13,7 +13,8 @@ use super::values;
 use super::yaml::{self, named_entries, peek, Map, Node, Value};
 use super::{
     AcmeConfig, CertificateConfig, ChallengeChoice, CommandSpec, Config, Diag, Dns01, DnsBackend,
-    DnsExec, Eab, KeyType, RenewalPolicy, Rfc2136, Solver, Threshold, Tsig, TsigAlgorithm,
+    DnsExec, Eab, KeyType, OnFailure, RenewalPolicy, Rfc2136, Rollout, Solver, TargetConfig,
+    Threshold, Tsig, TsigAlgorithm,
 };
 
 const TOP_KEYS: &[&str] = &[
@@ -50,8 +51,10 @@ const CERT_KEYS: &[&str] = &[
     "challenge",
     "renewal",
     "targets",
+    "rollout",
 ];
-const CERT_LATER: &[&str] = &["rollout"];
+const CERT_LATER: &[&str] = &[];
+const ROLLOUT_KEYS: &[&str] = &["waves", "max_parallel", "on_failure", "rollback"];
 const DEFAULT_STATE_DIR: &str = "/var/lib/certherd";
 
 /// What the rest of the walk needs to know about the solvers defined under
@@ -640,6 +643,11 @@ fn certificate(
         None => Vec::new(),
     };
 
+    let rollout = match m.get("rollout") {
+        Some(n) => rollout(name, n, &targets, d),
+        None => Rollout::default(),
+    };
+
     Some(CertificateConfig {
         name: name.to_string(),
         domains: valid_domains,
@@ -648,7 +656,93 @@ fn certificate(
         challenge: challenge?,
         renewal,
         targets,
+        rollout,
     })
+}
+
+/// `rollout:` of certificate `cert`, whose targets are `targets`.
+fn rollout(cert: &str, node: &Node, targets: &[TargetConfig], d: &mut Diag) -> Rollout {
+    let mut out = Rollout::default();
+    let Some(m) = Map::open(
+        node,
+        format!("`rollout` of certificate \"{cert}\""),
+        ROLLOUT_KEYS,
+        &[],
+        d,
+    ) else {
+        return out;
+    };
+    if let Some(n) = m.get("waves") {
+        let mut placed: Vec<(String, yaml::Pos)> = Vec::new();
+        for (i, wave) in yaml::list(n, "`waves`", d)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let label = format!("wave {} of `waves`", i + 1);
+            let names = yaml::string_list(wave, &label, d);
+            if names.is_empty() && matches!(wave.value, Value::Seq(_)) {
+                d.at(wave.pos, format!("{label} is empty"));
+            }
+            let mut this = Vec::new();
+            for (name, item) in names {
+                if !targets.iter().any(|t| t.name == name) {
+                    let known: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+                    d.at(
+                        item.pos,
+                        format!(
+                            "`waves` names target \"{name}\", which certificate \"{cert}\" does not have (its targets: {})",
+                            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        ),
+                    );
+                } else if let Some((_, first)) = placed.iter().find(|(p, _)| *p == name) {
+                    d.at(
+                        item.pos,
+                        format!("target \"{name}\" is in more than one wave (first at {first})"),
+                    );
+                } else {
+                    placed.push((name.clone(), item.pos));
+                    this.push(name);
+                }
+            }
+            out.waves.push(this);
+        }
+    }
+    if let Some(n) = m.get("max_parallel") {
+        match n
+            .scalar()
+            .filter(|_| n.is_plain())
+            .and_then(|s| s.parse::<usize>().ok())
+            .filter(|p| (1..=1024).contains(p))
+        {
+            Some(p) => out.max_parallel = p,
+            None => d.at(
+                n.pos,
+                format!(
+                    "`max_parallel` must be a whole number from 1 to 1024, not {}",
+                    n.describe()
+                ),
+            ),
+        }
+    }
+    if let Some(n) = m.get("on_failure") {
+        match yaml::string(n, "`on_failure`", d).as_deref() {
+            Some("halt") => out.on_failure = OnFailure::Halt,
+            Some("continue") => out.on_failure = OnFailure::Continue,
+            Some(_) => d.at(
+                n.pos,
+                format!(
+                    "`on_failure` must be halt or continue, not {}",
+                    n.describe()
+                ),
+            ),
+            None => {}
+        }
+    }
+    if let Some(n) = m.get("rollback") {
+        out.rollback = yaml::boolean(n, "`rollback`", d).unwrap_or(false);
+    }
+    out
 }
 
 /// The domains as written (lower-cased), each with its node and, when it

@@ -341,21 +341,23 @@ pub fn named_entries<'a>(
         );
         return Vec::new();
     };
-    let mut out: Vec<(&str, &Node, &Node)> = Vec::new();
+    let mut out: Vec<(&str, &Node, &Node)> = Vec::with_capacity(entries.len());
+    // name -> where it was first defined; a configuration can hold
+    // thousands of certificates, so no pairwise comparison.
+    let mut first: std::collections::HashMap<&str, Pos> =
+        std::collections::HashMap::with_capacity(entries.len());
     for (key, value) in entries {
         let Some(name) = key_text(key, d) else {
             continue;
         };
-        if let Some((_, first, _)) = out.iter().find(|(n, _, _)| *n == name) {
+        if let Some(pos) = first.get(name) {
             d.at(
                 key.pos,
-                format!(
-                    "{noun} \"{name}\" is defined twice (first at {})",
-                    first.pos
-                ),
+                format!("{noun} \"{name}\" is defined twice (first at {pos})"),
             );
             continue;
         }
+        first.insert(name, key.pos);
         out.push((name, key, value));
     }
     out

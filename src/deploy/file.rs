@@ -172,11 +172,12 @@ pub(super) fn placeholder() -> Bundle {
             not_after: time::OffsetDateTime::UNIX_EPOCH,
             domains: vec![],
             key_type: None,
+            authority_key_id: None,
         },
     }
 }
 
-fn user_id(name: &str) -> Result<u32, DeployError> {
+pub(super) fn user_id(name: &str) -> Result<u32, DeployError> {
     if let Ok(n) = name.parse() {
         return Ok(n);
     }
@@ -186,7 +187,7 @@ fn user_id(name: &str) -> Result<u32, DeployError> {
     }
 }
 
-fn group_id(name: &str) -> Result<u32, DeployError> {
+pub(super) fn group_id(name: &str) -> Result<u32, DeployError> {
     if let Ok(n) = name.parse() {
         return Ok(n);
     }

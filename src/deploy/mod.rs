@@ -5,8 +5,10 @@
 
 pub mod exec;
 pub mod file;
+pub mod haproxy;
 pub mod pkcs12;
 pub mod ssh;
+pub mod webhook;
 
 use std::path::PathBuf;
 
@@ -36,6 +38,10 @@ pub enum DeployError {
     Command(String),
     #[error("{0}")]
     Preflight(String),
+    #[error(transparent)]
+    Haproxy(Box<haproxy::Error>),
+    #[error(transparent)]
+    Webhook(Box<webhook::Error>),
 }
 
 /// What the target's command reported, when it has one (exec targets).
@@ -87,16 +93,27 @@ pub async fn deploy(
             ssh::write(&target.name, s, bundle).await?;
             Ok(Deployed::default())
         }
+        TargetKind::Haproxy(h) => {
+            haproxy::deploy(&target.name, h, bundle).await?;
+            Ok(Deployed::default())
+        }
+        TargetKind::Webhook(w) => {
+            webhook::deploy(cert_name, &target.name, w, bundle)
+                .await
+                .map_err(|e| DeployError::Webhook(Box::new(e)))?;
+            Ok(Deployed::default())
+        }
     }
 }
 
 /// Whether the target already holds `bundle` as far as can be seen locally
-/// (`None`: cannot tell, e.g. an exec target, or an ssh target without
-/// going over the network).
+/// (`None`: cannot tell, e.g. an exec or webhook target, or an ssh target
+/// without going over the network; a haproxy target by its file on disk).
 pub fn holds(target: &TargetConfig, bundle: &Bundle) -> Option<bool> {
     match &target.kind {
         TargetKind::File(f) => Some(file::holds(f, bundle)),
-        TargetKind::Exec(_) | TargetKind::Ssh(_) => None,
+        TargetKind::Haproxy(h) => Some(haproxy::holds(h, bundle)),
+        TargetKind::Exec(_) | TargetKind::Ssh(_) | TargetKind::Webhook(_) => None,
     }
 }
 
@@ -136,6 +153,8 @@ pub async fn preflight(target: &TargetConfig) -> Vec<String> {
             }
         }
         TargetKind::Ssh(s) => problems.extend(ssh::preflight(s, target.reload.as_ref()).await),
+        TargetKind::Haproxy(h) => problems.extend(haproxy::preflight(h).await),
+        TargetKind::Webhook(w) => problems.extend(webhook::preflight(w).await),
     }
     if let (Some(r), false) = (&target.reload, matches!(target.kind, TargetKind::Ssh(_))) {
         if process::find_program(&r.argv[0]).is_none() {

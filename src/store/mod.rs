@@ -261,6 +261,56 @@ impl Store {
         }
     }
 
+    /// [`Store::current`] of every name, in order, read by a few threads:
+    /// with thousands of certificates the pass is bound by opening and
+    /// parsing files, and the cores would otherwise wait on each other.
+    pub fn current_all(&self, names: &[&str]) -> Result<Vec<Option<Bundle>>, StoreError> {
+        const PER_THREAD: usize = 64;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(names.len().div_ceil(PER_THREAD))
+            .max(1);
+        if threads == 1 {
+            return names.iter().map(|n| self.current(n)).collect();
+        }
+        let chunk = names.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = names
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|n| self.current(n))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(names.len());
+            for h in handles {
+                out.extend(h.join().expect("a store reader panicked")?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// The stored version (current or previous) whose leaf has SHA-256
+    /// `sha256`, with its folder; `None` when no kept version has it.
+    pub fn version_with_sha256(
+        &self,
+        name: &str,
+        sha256: &str,
+    ) -> Result<Option<(PathBuf, Bundle)>, StoreError> {
+        let dir = self.cert_dir(name)?;
+        for v in self.version_names(&dir)?.into_iter().rev() {
+            let vdir = dir.join(VERSIONS).join(&v);
+            let bundle = load_version(&vdir)?;
+            if bundle.info.sha256 == sha256 {
+                return Ok(Some((vdir, bundle)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Earlier versions, newest first (the current one excluded).
     pub fn previous(&self, name: &str) -> Result<Vec<Bundle>, StoreError> {
         let dir = self.cert_dir(name)?;
@@ -516,6 +566,45 @@ pub(crate) mod tests {
 
     fn now() -> OffsetDateTime {
         OffsetDateTime::now_utc()
+    }
+
+    #[test]
+    fn current_all_keeps_the_order_of_the_names_across_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "https://ca.test/dir", Duration::ZERO).unwrap();
+        // Enough names for several reader threads; every third one never issued.
+        let names: Vec<String> = (0..200).map(|i| format!("c{i}")).collect();
+        let template = bundle(&["a.test"], now(), 90);
+        let mut expected = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            if i % 3 == 0 {
+                expected.push(None);
+                continue;
+            }
+            let b = if i % 3 == 1 {
+                bundle(&[&format!("{n}.test")], now(), 90)
+            } else {
+                template.clone()
+            };
+            store.install(n, &b, now()).unwrap();
+            expected.push(Some(b.info.sha256.clone()));
+        }
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let got: Vec<Option<String>> = store
+            .current_all(&refs)
+            .unwrap()
+            .into_iter()
+            .map(|b| b.map(|b| b.info.sha256))
+            .collect();
+        assert_eq!(got, expected);
+
+        // A bad name anywhere is an error, not a silently missing entry.
+        let mut bad = refs.clone();
+        bad[150] = "../escape";
+        assert!(matches!(
+            store.current_all(&bad),
+            Err(StoreError::BadName { .. })
+        ));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Shared support for certherd's integration tests: real services on loopback.
 //!
 //! Modelled on instant-acme's `tests/pebble.rs` `Environment`: every service a
-//! test starts ([`Pebble`] with pebble-challtestsrv as its DNS, [`Nginx`], the
-//! mail servers of [`mail`]) runs
+//! test starts ([`Pebble`] with pebble-challtestsrv as its DNS, [`Nginx`],
+//! [`haproxy::Haproxy`], the mail servers of [`mail`], ...) runs
 //! on free loopback ports in its own temporary directory, is polled until it
 //! answers (every wait has a deadline and says what it waited for), and is
 //! stopped in `Drop` by the pid this code started or the pid file it wrote,
@@ -19,11 +19,13 @@
 
 pub mod ari;
 pub mod bind;
+pub mod haproxy;
 pub mod mail;
 pub mod nginx;
 pub mod pebble;
 pub mod powerdns;
 pub mod process;
+pub mod receiver;
 pub mod run;
 pub mod sshd;
 pub mod tls;

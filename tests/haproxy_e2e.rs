@@ -1,0 +1,312 @@
+//! The `haproxy` target end to end: a real Pebble issues, certherd hands the
+//! certificate to a real HAProxy through its runtime API and writes the
+//! combined PEM its `crt` line loads. HAProxy keeps running (same pid), a
+//! connection opened before the deployment keeps working, and a failure
+//! leaves HAProxy and the file on disk as they were.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use support::haproxy::Haproxy;
+use support::run::{mode, stored_sha256, Setup, SITE};
+use support::{served_leaf_sha256, sha256_tree, Pebble, PebbleOptions};
+
+fn config(pebble: &Pebble, setup: &Setup, targets: &str) -> String {
+    format!(
+        r#"state_dir: {state}
+acme:
+  directory: {dir}
+  contact: [ops@certherd.test]
+  trust_roots: [{root}]
+challenges:
+  standalone:
+    type: http-01
+    listen: "127.0.0.1:{http}"
+certificates:
+  site:
+    domains: [{SITE}]
+    challenge: standalone
+    targets:
+{targets}"#,
+        state = setup.state_dir().display(),
+        dir = pebble.directory_url(),
+        root = pebble.ca_tls_root_path().display(),
+        http = pebble.http_port(),
+    )
+}
+
+fn haproxy_target(name: &str, socket: &Path, combined: &Path, extra: &str) -> String {
+    format!(
+        "      - name: {name}
+        type: haproxy
+        socket: {socket}
+        combined: {combined}
+{extra}",
+        socket = socket.display(),
+        combined = combined.display(),
+    )
+}
+
+/// The stored current certificate's directory.
+fn stored_dir(setup: &Setup) -> PathBuf {
+    let ca = setup.state_dir().join("ca");
+    let ns = fs::read_dir(&ca).unwrap().next().unwrap().unwrap().path();
+    ns.join("certs/site/current")
+}
+
+#[test]
+fn renew_hands_the_certificate_to_a_running_haproxy_without_dropping_a_connection() {
+    let pebble = Pebble::start(PebbleOptions::default());
+    let setup = Setup::new();
+    let mut haproxy = Haproxy::start(SITE);
+    let pid = haproxy.pid();
+    let verify = format!(
+        "        verify: {{ connect: \"{}\", timeout: 10s }}\n",
+        haproxy.addr()
+    );
+    setup.write_config(&config(
+        &pebble,
+        &setup,
+        &haproxy_target(
+            "lb",
+            &haproxy.admin_socket(),
+            &haproxy.combined_path(),
+            &verify,
+        ),
+    ));
+    setup.run(&["check"]).assert_code(0);
+
+    // A client connected before the deployment, mid keep-alive.
+    let mut before = haproxy.connect_trusting_placeholder(SITE);
+    assert_eq!(
+        before.get("/").unwrap(),
+        ("HTTP/1.1 200 OK".to_string(), "ok".to_string())
+    );
+
+    let run = setup.run(&["renew"]);
+    run.assert_code(0);
+    let sha = stored_sha256(&setup);
+    assert!(
+        run.stdout
+            .contains(&format!("  lb (haproxy): deployed; verified: serves {sha}")),
+        "{}",
+        run.stdout
+    );
+    // Its own handshake agrees, from the same process: no reload, no restart.
+    assert_eq!(served_leaf_sha256(&haproxy.addr(), SITE).unwrap(), sha);
+    assert!(haproxy.is_running(), "{}", haproxy.log());
+    assert_eq!(haproxy.pid(), pid);
+    // The earlier connection still works, on its original session.
+    assert_eq!(
+        before.get("/again").unwrap(),
+        ("HTTP/1.1 200 OK".to_string(), "ok".to_string()),
+        "a connection opened before the deployment must survive it"
+    );
+    assert_eq!(before.peer_leaf_sha256(), haproxy.placeholder().sha256());
+
+    // On disk: key + full chain, 0600, nothing else left in the folder, so
+    // a restart loads the same certificate.
+    let stored = stored_dir(&setup);
+    let expected = format!(
+        "{}{}",
+        fs::read_to_string(stored.join("privkey.pem")).unwrap(),
+        fs::read_to_string(stored.join("fullchain.pem")).unwrap()
+    );
+    assert_eq!(
+        fs::read_to_string(haproxy.combined_path()).unwrap(),
+        expected
+    );
+    assert_eq!(mode(&haproxy.combined_path()), 0o600);
+    let names: Vec<_> = fs::read_dir(haproxy.dir().join("certs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let mut names: Vec<_> = names
+        .into_iter()
+        .map(|n| n.into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["other.pem", "site.pem"], "no temp file left");
+    // HAProxy itself holds no open transaction.
+    let list = haproxy.api("show ssl cert");
+    assert!(!list.contains("# transaction"), "{list}");
+    assert!(!run.all().contains("PRIVATE KEY"));
+
+    // Nothing due and the file holds the certificate: nothing is sent again.
+    let again = setup.run(&["renew"]);
+    again.assert_code(0);
+    assert!(
+        again
+            .stdout
+            .contains("  lb (haproxy): already held the current certificate; verified"),
+        "{}",
+        again.stdout
+    );
+}
+
+#[test]
+fn a_wrong_name_a_missing_socket_or_a_low_level_fails_alone_and_changes_nothing() {
+    let pebble = Pebble::start(PebbleOptions::default());
+    let setup = Setup::new();
+    let haproxy = Haproxy::start(SITE);
+    let out_dir = setup.dir.path().join("files");
+    fs::create_dir(&out_dir).unwrap();
+    let missing = haproxy.dir().join("no-such.sock");
+    let combined = haproxy.combined_path();
+    let wrong_name = haproxy.dir().join("certs/unknown.pem");
+    let targets = [
+        haproxy_target(
+            "wrongname",
+            &haproxy.admin_socket(),
+            &combined,
+            &format!("        cert_name: {}\n", wrong_name.display()),
+        ),
+        haproxy_target("nosocket", &missing, &combined, ""),
+        haproxy_target("operator", &haproxy.operator_socket(), &combined, ""),
+        format!(
+            "      - name: files
+        type: file
+        fullchain: {}
+",
+            out_dir.join("site.pem").display()
+        ),
+    ]
+    .concat();
+    setup.write_config(&config(&pebble, &setup, &targets));
+    let before = sha256_tree(&haproxy.dir().join("certs"));
+    let socket = haproxy.admin_socket();
+    let op_socket = haproxy.operator_socket();
+    let (admin, operator) = (socket.display(), op_socket.display());
+    let c = combined.display();
+    let wrong = wrong_name.display();
+    let unknown = "HAProxy has no certificate of that name: the names are the paths its `crt` \
+                   lines load (`show ssl cert` lists them); set `cert_name` if it differs from \
+                   `combined`";
+
+    // The dry run finds every problem, and changes nothing.
+    let dry = setup.run(&["renew", "--dry-run"]);
+    dry.assert_code(1);
+    let out = dry.all();
+    for expected in [
+        format!(
+            "  wrongname (haproxy): preflight FAILED: socket {admin} (certificate {wrong}): \
+             {unknown}"
+        ),
+        format!(
+            "  nosocket (haproxy): preflight FAILED: socket {m} (certificate {c}): no socket at \
+             {m} (is HAProxy running, with `stats socket {m} level admin`?)",
+            m = missing.display()
+        ),
+        format!(
+            "  operator (haproxy): preflight FAILED: socket {operator} (certificate {c}): \
+             HAProxy answered \"Permission denied\": the stats socket must be `level admin` \
+             (it is `operator`)"
+        ),
+        "  files (file): preflight passed".to_string(),
+    ] {
+        assert!(out.contains(&expected), "{expected}\nnot in:\n{out}");
+    }
+    assert_eq!(sha256_tree(&haproxy.dir().join("certs")), before);
+
+    let run = setup.run(&["renew"]);
+    run.assert_code(1);
+    let out = run.all();
+    for expected in [
+        format!(
+            "  wrongname (haproxy): FAILED: haproxy target \"wrongname\" (socket {admin}, \
+             certificate {wrong}): {unknown}"
+        ),
+        format!(
+            "  nosocket (haproxy): FAILED: haproxy target \"nosocket\" (socket {m}, certificate \
+             {c}): no socket at {m}",
+            m = missing.display()
+        ),
+        format!(
+            "  operator (haproxy): FAILED: haproxy target \"operator\" (socket {operator}, \
+             certificate {c}): HAProxy answered \"Permission denied\": the stats socket must be \
+             `level admin` (it is `operator`)"
+        ),
+        "  files (file): deployed".to_string(),
+    ] {
+        assert!(out.contains(&expected), "{expected}\nnot in:\n{out}");
+    }
+    // The other target got the certificate; HAProxy and its file did not change.
+    assert_eq!(
+        support::leaf_sha256_of_pem(&fs::read_to_string(out_dir.join("site.pem")).unwrap()),
+        stored_sha256(&setup)
+    );
+    assert_eq!(
+        sha256_tree(&haproxy.dir().join("certs")),
+        before,
+        "no file changed or left"
+    );
+    assert_eq!(
+        served_leaf_sha256(&haproxy.addr(), SITE).unwrap(),
+        haproxy.placeholder().sha256()
+    );
+    let list = haproxy.api("show ssl cert");
+    assert!(!list.contains("# transaction"), "{list}");
+}
+
+#[test]
+fn someone_elses_update_in_progress_is_waited_for_and_never_touched() {
+    let pebble = Pebble::start(PebbleOptions::default());
+    let setup = Setup::new();
+    let haproxy = Haproxy::start(SITE);
+    setup.write_config(&config(
+        &pebble,
+        &setup,
+        &haproxy_target(
+            "lb",
+            &haproxy.admin_socket(),
+            &haproxy.combined_path(),
+            "        timeout: 1s\n",
+        ),
+    ));
+    // An operator's update of the other certificate, not committed yet.
+    let other = haproxy.other_path();
+    let replacement = support::TestCert::self_signed(&["other.certherd.test"]);
+    let answer = haproxy.api_payload(
+        &format!("set ssl cert {}", other.display()),
+        &format!("{}{}\n", replacement.key_pem, replacement.cert_pem),
+    );
+    assert!(answer.starts_with("Transaction created"), "{answer}");
+    let before = sha256_tree(&haproxy.dir().join("certs"));
+
+    let run = setup.run(&["renew"]);
+    run.assert_code(1);
+    let expected = format!(
+        "  lb (haproxy): FAILED: haproxy target \"lb\" (socket {}, certificate {}): another \
+         update, of certificate {}, is in progress on this HAProxy (still after ",
+        haproxy.admin_socket().display(),
+        haproxy.combined_path().display(),
+        other.display()
+    );
+    assert!(
+        run.stdout.contains(&expected),
+        "{expected}\nnot in:\n{}",
+        run.stdout
+    );
+    // The operator's transaction is intact and still theirs; nothing changed.
+    let list = haproxy.api("show ssl cert");
+    assert!(
+        list.contains(&format!("# transaction\n*{}\n", other.display())),
+        "{list}"
+    );
+    assert_eq!(sha256_tree(&haproxy.dir().join("certs")), before);
+    assert_eq!(
+        served_leaf_sha256(&haproxy.addr(), SITE).unwrap(),
+        haproxy.placeholder().sha256()
+    );
+
+    // Once it is finished, the next renew deploys.
+    let done = haproxy.api(&format!("commit ssl cert {}", other.display()));
+    assert!(done.contains("Success!"), "{done}");
+    setup.run(&["renew"]).assert_code(0);
+    assert_eq!(
+        served_leaf_sha256(&haproxy.addr(), SITE).unwrap(),
+        stored_sha256(&setup)
+    );
+}
