@@ -852,6 +852,7 @@ async fn push_and_reload(
     files: &BundleFiles,
     report: &mut TargetReport,
 ) -> Result<(), PushFailure> {
+    let _service = deploy::service_lock(t).await;
     let deployed = deploy::deploy(cert_name, t, bundle, files)
         .await
         .map_err(|e| PushFailure {

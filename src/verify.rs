@@ -145,9 +145,14 @@ pub async fn verify_within(cfg: &VerifyConfig, expected: &Bundle, total: Duratio
             return verdict;
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(1));
+        // A reload takes effect within a second or so: keep looking often
+        // (a handshake is cheap) so that a rollout waits no longer than it must.
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
     }
 }
+
+/// The longest pause between two handshakes while waiting for a target.
+const MAX_RETRY_DELAY: Duration = Duration::from_millis(400);
 
 /// The pause between the two handshakes that must both show the current certificate.
 const CONFIRM_AFTER: Duration = Duration::from_millis(250);

@@ -384,3 +384,89 @@ fn dry_run_shows_the_waves_and_checks_every_host() {
         );
     }
 }
+
+/// Targets whose `reload` is the same command reload the same service:
+/// certherd writes and reloads them one at a time, so that no reload reads
+/// another target's files halfway through their swap. Targets of different
+/// services still go at once.
+#[test]
+fn targets_that_reload_the_same_service_take_turns() {
+    let pebble = Pebble::start(PebbleOptions::default());
+    let setup = Setup::new();
+    let log = setup.dir.path().join("reloads.log");
+    let reload = |service: &str| {
+        yaml_list(&[
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            format!(
+                "echo start {service} >> {log}; sleep 0.5; echo end {service} >> {log}",
+                log = log.display()
+            ),
+        ])
+    };
+    let mut targets = String::new();
+    for i in 0..4 {
+        // t0..t3 reload the same service; u0..u3 each their own.
+        for (name, service) in [
+            (format!("t{i}"), "shared".to_string()),
+            (format!("u{i}"), format!("own{i}")),
+        ] {
+            let dir = setup.dir.path().join(&name);
+            fs::create_dir(&dir).unwrap();
+            targets.push_str(&format!(
+                "      - {{ name: {name}, type: file, fullchain: {d}/site.pem, key: {d}/site.key, reload: {r} }}\n",
+                d = dir.display(),
+                r = reload(&service),
+            ));
+        }
+    }
+    setup.write_config(&format!(
+        r#"state_dir: {state}
+acme:
+  directory: {dir}
+  trust_roots: [{root}]
+challenges:
+  standalone: {{ type: http-01, listen: "127.0.0.1:{http}" }}
+certificates:
+  site:
+    domains: [{SITE}]
+    challenge: standalone
+    targets:
+{targets}    rollout: {{ max_parallel: 8 }}
+"#,
+        state = setup.state_dir().display(),
+        dir = pebble.directory_url(),
+        root = pebble.ca_tls_root_path().display(),
+        http = pebble.http_port(),
+    ));
+    setup.run(&["renew"]).assert_code(0);
+    let lines: Vec<String> = fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 16, "{lines:?}");
+    // The shared service: every start is followed by its end before the
+    // next start.
+    let shared: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.ends_with(" shared"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        shared,
+        ["start shared", "end shared"].repeat(4),
+        "reloads of one service overlapped: {lines:?}"
+    );
+    // The others ran at the same time: some start came before an end.
+    let own: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.contains(" own"))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_ne!(
+        own,
+        ["start", "end"].repeat(4),
+        "reloads of different services were serialized: {lines:?}"
+    );
+}

@@ -133,6 +133,10 @@ pub fn preflight(t: &FileTarget) -> Vec<String> {
     let uid = rustix::process::geteuid();
     for path in paths(t) {
         let dir = path.parent().unwrap_or(Path::new("/"));
+        if let Err(e) = fsutil::refuse_planted_symlinks(dir) {
+            problems.push(e.to_string());
+            continue;
+        }
         if let Err(e) = crate::acme::solver::writable_dir(dir) {
             problems.push(format!("cannot write files in {}: {e}", dir.display()));
             continue;

@@ -117,6 +117,36 @@ pub fn holds(target: &TargetConfig, bundle: &Bundle) -> Option<bool> {
     }
 }
 
+/// The lock of the service `t` reloads: targets whose `reload` is the same
+/// command (on the same host, for ssh targets) are written and reloaded
+/// one at a time, so that a reload never reads another target's files
+/// while they are being swapped (a new key beside the old certificate).
+/// `None` for a target without `reload`. Verification is not serialized.
+pub async fn service_lock(t: &TargetConfig) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, LazyLock, Mutex};
+    type Locks = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+    static LOCKS: LazyLock<Locks> = LazyLock::new(Default::default);
+    let reload = t.reload.as_ref()?;
+    let host = match &t.kind {
+        TargetKind::Ssh(s) => format!(
+            "ssh://{}@{}:{}",
+            s.user.as_deref().unwrap_or(""),
+            s.host,
+            s.port
+        ),
+        _ => "local".to_string(),
+    };
+    let key = format!("{host} {:?}", reload.argv);
+    let lock = LOCKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key)
+        .or_default()
+        .clone();
+    Some(lock.lock_owned().await)
+}
+
 /// Run the target's reload command, if it has one (an ssh target's on its
 /// remote host).
 pub async fn reload(target: &TargetConfig) -> Result<Option<CommandOutcome>, DeployError> {

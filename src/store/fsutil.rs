@@ -29,6 +29,7 @@ pub fn stage(
     uid: Option<u32>,
     gid: Option<u32>,
 ) -> io::Result<PathBuf> {
+    refuse_planted_symlinks(parent(path)?)?;
     let tmp = temp_path(path)?;
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -52,6 +53,62 @@ pub fn stage(
             Err(e)
         }
     }
+}
+
+/// Refuse to write below `dir` when its path goes through a symbolic link
+/// that someone other than root or this user could have planted there: a
+/// link in a directory owned by another user, or in a directory others may
+/// write to (unless it is sticky and the link is root's or ours). Such a
+/// link could send a key written "to /srv/www/tls" to any place this
+/// process may write. The file itself is never followed: temp files are
+/// created with `O_NOFOLLOW | O_EXCL` and renamed over the destination.
+pub fn refuse_planted_symlinks(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Component;
+    let me = rustix::process::geteuid().as_raw();
+    let trusted = |uid: u32| uid == 0 || uid == me;
+    let abs = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(dir)
+    };
+    let mut cur = PathBuf::from("/");
+    for comp in abs.components() {
+        match comp {
+            Component::Normal(name) => {
+                let holder = cur.clone();
+                cur.push(name);
+                let Ok(meta) = fs::symlink_metadata(&cur) else {
+                    // Missing: the write fails on its own, with its own error.
+                    return Ok(());
+                };
+                if !meta.file_type().is_symlink() {
+                    continue;
+                }
+                let h = fs::metadata(&holder)?;
+                let others_write = h.mode() & 0o022 != 0;
+                let sticky = h.mode() & 0o1000 != 0;
+                let planted =
+                    !trusted(h.uid()) || (others_write && !(sticky && trusted(meta.uid())));
+                if planted {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!(
+                            "refusing to write through {}: it is a symbolic link in {}, \
+                             which another user can change",
+                            cur.display(),
+                            holder.display()
+                        ),
+                    ));
+                }
+            }
+            Component::ParentDir => {
+                cur.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A temp file name next to `path`, unique in this process and across processes.
@@ -117,6 +174,54 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("key.pem")]);
+    }
+
+    #[test]
+    fn a_symlink_others_could_plant_is_refused_and_a_safe_one_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        // A directory others may write to (not sticky), holding a link.
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+        std::os::unix::fs::symlink(&real, shared.join("tls")).unwrap();
+        let err = write_atomic(&shared.join("tls/key.pem"), b"secret", 0o600).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "refusing to write through {}/tls: it is a symbolic link in {}, which another \
+                 user can change",
+                shared.display(),
+                shared.display()
+            )
+        );
+        assert!(
+            fs::read_dir(&real).unwrap().next().is_none(),
+            "nothing written"
+        );
+
+        // Sticky (like /tmp) with a link of our own: followed.
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        write_atomic(&shared.join("tls/key.pem"), b"secret", 0o600).unwrap();
+        assert_eq!(fs::read(real.join("key.pem")).unwrap(), b"secret");
+
+        // Sticky, but the link is another user's (when we may give it away).
+        let theirs = shared.join("theirs");
+        std::os::unix::fs::symlink(&real, &theirs).unwrap();
+        if std::os::unix::fs::lchown(&theirs, Some(65534), None).is_ok() {
+            let err = write_atomic(&theirs.join("x.pem"), b"x", 0o600).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        }
+
+        // Only we may write the directory: followed.
+        let own = dir.path().join("own");
+        fs::create_dir(&own).unwrap();
+        fs::set_permissions(&own, fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink(&real, own.join("tls")).unwrap();
+        write_atomic(&own.join("tls/cert.pem"), b"cert", 0o644).unwrap();
+        assert_eq!(fs::read(real.join("cert.pem")).unwrap(), b"cert");
     }
 
     #[test]
