@@ -3,6 +3,9 @@
 //! with the certificate certherd holds. What is served is observed, not
 //! trusted: the handshake accepts any certificate, and the comparison is the
 //! check.
+//!
+//! With `starttls`, the plaintext exchange that asks for TLS comes first
+//! ([`starttls`]); the handshake then runs on the same connection.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +17,9 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 
 use crate::cert::{sha256_hex, Bundle};
-use crate::config::VerifyConfig;
+use crate::config::{Starttls, VerifyConfig};
+
+pub mod starttls;
 
 /// What a target was found to serve.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -68,19 +73,27 @@ impl Verdict {
     }
 }
 
-/// One handshake: the chain the endpoint serves (leaf first).
+/// One handshake (after the STARTTLS exchange, when `starttls` is set): the
+/// chain the endpoint serves (leaf first).
 pub async fn fetch_chain(
     connect: &str,
     server_name: &str,
+    starttls: Option<Starttls>,
     timeout: Duration,
 ) -> Result<Vec<CertificateDer<'static>>, String> {
     let name = ServerName::try_from(server_name.to_string())
         .map_err(|e| format!("invalid server name {server_name:?}: {e}"))?;
+    // The STARTTLS step in progress, for the message when time runs out.
+    let step = std::sync::Mutex::new("");
     let attempt = async {
-        let tcp = TcpStream::connect(connect)
+        let mut tcp = TcpStream::connect(connect)
             .await
             .map_err(|e| format!("connect to {connect}: {e}"))?;
         let _ = tcp.set_nodelay(true);
+        if let Some(proto) = starttls {
+            starttls::negotiate(proto, connect, &mut tcp, &step).await?;
+            *step.lock().expect("step") = "";
+        }
         let tls = tokio_rustls::TlsConnector::from(Arc::new(observing_config()))
             .connect(name, tcp)
             .await
@@ -93,10 +106,14 @@ pub async fn fetch_chain(
     };
     tokio::time::timeout(timeout, attempt)
         .await
-        .unwrap_or_else(|_| {
-            Err(format!(
+        .unwrap_or_else(|_| match (starttls, *step.lock().expect("step")) {
+            (Some(proto), step) if !step.is_empty() => Err(format!(
+                "{} {connect}: no answer within {timeout:?} while {step}",
+                proto.as_str()
+            )),
+            _ => Err(format!(
                 "no TLS handshake with {connect} within {timeout:?}"
-            ))
+            )),
         })
 }
 
@@ -141,7 +158,7 @@ const MAX_RETRY_DELAY: Duration = Duration::from_millis(400);
 const CONFIRM_AFTER: Duration = Duration::from_millis(250);
 
 async fn handshake(cfg: &VerifyConfig, expected: &Bundle, timeout: Duration) -> Verdict {
-    match fetch_chain(&cfg.connect, &cfg.server_name, timeout).await {
+    match fetch_chain(&cfg.connect, &cfg.server_name, cfg.starttls, timeout).await {
         Ok(chain) => judge(&chain, expected),
         Err(error) => Verdict::Unreachable { error },
     }

@@ -7,8 +7,9 @@ use std::time::Duration;
 use certherd::config::{
     load, load_str, ChallengeChoice, CommandSpec, Dns01, DnsBackend, DnsExec, EventKind,
     ExecTarget, FileSet, FileTarget, HaproxySocket, KeyType, MetricsConfig, NotifierConfig,
-    NotifierKind, OnFailure, RenewalPolicy, Rfc2136, Rollout, Solver, TargetConfig, TargetKind,
-    Text, Threshold, Tsig, TsigAlgorithm, VerifyConfig, WebhookFormat,
+    NotifierKind, OnFailure, Pkcs12File, RenewalPolicy, Rfc2136, Rollout, Secret, Solver,
+    SshTarget, Starttls, TargetConfig, TargetKind, Text, Threshold, Tsig, TsigAlgorithm,
+    VerifyConfig, WebhookFormat,
 };
 
 const PATH: &str = "/etc/certherd/certherd.yaml";
@@ -18,6 +19,8 @@ const EAB_SECRET: &str = "c2VjcmV0LWhtYWMta2V5LW5ldmVyLXByaW50ZWQ";
 /// The values behind `{ env: HOOK_TOKEN }` and `{ env: SLACK_URL }`.
 const HOOK_SECRET: &str = "Bearer hook-token-never-printed";
 const SLACK_SECRET: &str = "https://hooks.slack.example/services/T0/B0/never-printed";
+/// The value behind `{ env: P12_PASSWORD }`.
+const P12_SECRET: &str = "p12-password-never-printed";
 
 fn fake_env(name: &str) -> Option<String> {
     match name {
@@ -26,6 +29,7 @@ fn fake_env(name: &str) -> Option<String> {
         "SLACK_URL" => Some(SLACK_SECRET.to_string()),
         "NOT_A_URL" => Some("hooks.example.com/no-scheme-never-printed".to_string()),
         "BAD_HEADER" => Some("line one\nline two never printed".to_string()),
+        "P12_PASSWORD" => Some(P12_SECRET.to_string()),
         _ => None,
     }
 }
@@ -84,7 +88,7 @@ fn unknown_key_in_a_target_lists_the_allowed_keys() {
         &src,
         &[
             "/etc/certherd/certherd.yaml:14:9: unknown key `fullchian` in target \"web1\" \
-           (expected one of: name, type, cert, chain, fullchain, key, combined, mode, owner, \
+           (expected one of: name, type, cert, chain, fullchain, key, combined, pkcs12, pkcs12_password, pkcs12_name, mode, owner, \
            group, reload, reload_timeout, verify)",
         ],
     );
@@ -343,7 +347,7 @@ fn file_target_without_any_file() {
     assert_errors(
         &src,
         &["/etc/certherd/certherd.yaml:12:9: target \"web1\" writes no file: set at least one of \
-           cert, chain, fullchain, key, combined"],
+           cert, chain, fullchain, key, combined, pkcs12"],
     );
 }
 
@@ -539,9 +543,9 @@ certificates:
         src,
         &[
             "/etc/certherd/certherd.yaml:23:9: target \"lb1\" writes no file: set at least \
-             one of cert, chain, fullchain, key, combined",
+             one of cert, chain, fullchain, key, combined, pkcs12",
             "/etc/certherd/certherd.yaml:29:9: unknown key `colour` in target \"web1\" (expected \
-             one of: name, type, cert, chain, fullchain, key, combined, mode, owner, group, \
+             one of: name, type, cert, chain, fullchain, key, combined, pkcs12, pkcs12_password, pkcs12_name, mode, owner, group, \
              reload, reload_timeout, verify)",
         ],
     );
@@ -799,9 +803,9 @@ certificates:
             "/etc/certherd/certherd.yaml:15:28: \"*.example.com\" is a wildcard and needs a dns-01 \
              solver, but challenge \"standalone\" is http-01",
             "/etc/certherd/certherd.yaml:18:9: target \"web1\" writes no file: set at least one of \
-             cert, chain, fullchain, key, combined",
+             cert, chain, fullchain, key, combined, pkcs12",
             "/etc/certherd/certherd.yaml:20:9: unknown key `fullchian` in target \"web1\" \
-             (expected one of: name, type, cert, chain, fullchain, key, combined, mode, owner, \
+             (expected one of: name, type, cert, chain, fullchain, key, combined, pkcs12, pkcs12_password, pkcs12_name, mode, owner, \
              group, reload, reload_timeout, verify)",
             "/etc/certherd/certherd.yaml:22:28: `connect` must be host:port, like 127.0.0.1:443 or \
              [::1]:443, not \"127.0.0.1\"",
@@ -981,6 +985,7 @@ certificates:
                     connect: "127.0.0.1:443".to_string(),
                     server_name: "www.example.com".to_string(),
                     timeout: Duration::from_secs(45),
+                    starttls: None,
                 }),
             },
             TargetConfig {
@@ -1000,6 +1005,7 @@ certificates:
                     connect: "edge.example.com:443".to_string(),
                     server_name: "example.com".to_string(),
                     timeout: Duration::from_secs(30),
+                    starttls: None,
                 }),
             },
         ]
@@ -1721,4 +1727,159 @@ fn webhook_target_errors_name_the_place_and_never_a_secret() {
         ]
     );
     assert!(!errs.concat().contains("never-printed"));
+}
+
+#[test]
+fn pkcs12_loads_with_its_password_and_name() {
+    let src = with_head(
+        "    targets:
+      - name: java
+        type: file
+        pkcs12: tls/example.p12
+        pkcs12_password: { env: P12_PASSWORD }
+      - name: win
+        type: ssh
+        host: win.example.com
+        pkcs12: /srv/tls/example.pfx
+        pkcs12_password: { env: P12_PASSWORD }
+        pkcs12_name: Example Web
+        mode: \"0640\"
+",
+    );
+    let config = load_str(&src, Path::new(PATH), &fake_env).expect("valid");
+    let targets = &config.certificate("example").expect("example").targets;
+    let p12 = |path: &str, name: &str| Pkcs12File {
+        path: PathBuf::from(path),
+        password: Secret::new(P12_SECRET.into(), "env P12_PASSWORD".into()),
+        name: name.into(),
+    };
+    assert_eq!(
+        targets[0].kind,
+        TargetKind::File(FileTarget {
+            files: FileSet {
+                pkcs12: Some(p12("/etc/certherd/tls/example.p12", "example")),
+                ..FileSet::default()
+            },
+            mode: 0o600,
+            owner: None,
+            group: None,
+        }),
+        "relative to the configuration; named after the certificate; 0600"
+    );
+    let TargetKind::Ssh(SshTarget { files, .. }) = &targets[1].kind else {
+        panic!("{:?}", targets[1].kind)
+    };
+    assert_eq!(
+        files.files.pkcs12,
+        Some(p12("/srv/tls/example.pfx", "Example Web"))
+    );
+    assert_eq!(files.mode, 0o640);
+    let debug = format!("{config:?}");
+    assert!(!debug.contains(P12_SECRET), "{debug}");
+}
+
+#[test]
+fn pkcs12_mistakes_are_positioned() {
+    let src = with_head(
+        "    targets:
+      - name: a
+        type: file
+        pkcs12: /tls/a.p12
+      - name: b
+        type: file
+        key: /tls/b.key
+        pkcs12_password: { env: P12_PASSWORD }
+        pkcs12_name: b
+      - name: c
+        type: file
+        pkcs12: /tls/c.p12
+        pkcs12_password: inline-never-printed
+        pkcs12_name: \"\"
+      - name: d
+        type: file
+        pkcs12: /tls/d.p12
+        pkcs12_password: { env: UNSET_P12 }
+      - name: e
+        type: ssh
+        host: e.example.com
+        pkcs12: e.p12
+        pkcs12_password: { env: P12_PASSWORD }
+      - name: f
+        type: file
+        key: /tls/f.key
+        pkcs12: /tls/f.key
+        pkcs12_password: { env: P12_PASSWORD }
+        pkcs12_name: \"tab\\there\"
+",
+    );
+    let shown = errors(&src);
+    assert_eq!(
+        shown,
+        [
+            "/etc/certherd/certherd.yaml:14:17: `pkcs12` needs `pkcs12_password`: \
+             { env: NAME } or { file: PATH } (an empty password is not allowed)",
+            "/etc/certherd/certherd.yaml:18:9: `pkcs12_password` has no effect without `pkcs12`",
+            "/etc/certherd/certherd.yaml:19:9: `pkcs12_name` has no effect without `pkcs12`",
+            "/etc/certherd/certherd.yaml:23:26: `pkcs12_password` is a secret and is never \
+             written inline: use { env: NAME } or { file: PATH }",
+            "/etc/certherd/certherd.yaml:24:22: `pkcs12_name` is empty",
+            "/etc/certherd/certherd.yaml:28:33: environment variable UNSET_P12 (for \
+             `pkcs12_password`) is not set",
+            "/etc/certherd/certherd.yaml:32:17: `pkcs12` is a file on the remote host and \
+             must be an absolute path, not \"e.p12\"",
+            "/etc/certherd/certherd.yaml:37:17: `pkcs12` and `key` name the same file /tls/f.key",
+            "/etc/certherd/certherd.yaml:39:22: `pkcs12_name` \"tab\\there\" holds a control \
+             character or one beyond U+FFFF",
+        ]
+    );
+    assert!(!shown.concat().contains("inline-never-printed"));
+}
+
+#[test]
+fn verify_starttls_loads_and_must_be_a_known_protocol() {
+    let src = with_head(
+        "    targets:
+      - name: mx
+        type: file
+        fullchain: /tls/mx.pem
+        verify: { connect: \"127.0.0.1:25\", starttls: smtp }
+      - name: imap
+        type: file
+        fullchain: /tls/imap.pem
+        verify: { connect: \"127.0.0.1:143\", starttls: imap }
+",
+    );
+    let config = load_str(&src, Path::new(PATH), &fake_env).expect("valid");
+    let targets = &config.certificate("example").expect("example").targets;
+    let starttls: Vec<_> = targets
+        .iter()
+        .map(|t| t.verify.as_ref().unwrap().starttls)
+        .collect();
+    assert_eq!(starttls, [Some(Starttls::Smtp), Some(Starttls::Imap)]);
+
+    let bad = with_head(
+        "    targets:
+      - name: mx
+        type: file
+        fullchain: /tls/mx.pem
+        verify:
+          connect: \"127.0.0.1:25\"
+          starttls: ldap
+      - name: pg
+        type: file
+        fullchain: /tls/pg.pem
+        verify:
+          connect: \"127.0.0.1:5432\"
+          starttls: [postgres]
+",
+    );
+    assert_errors(
+        &bad,
+        &[
+            "/etc/certherd/certherd.yaml:17:21: `starttls` must be one of: smtp, imap, pop3, \
+             postgres, not \"ldap\"",
+            "/etc/certherd/certherd.yaml:23:21: `starttls` must be one of: smtp, imap, pop3, \
+             postgres, not a list",
+        ],
+    );
 }

@@ -13,6 +13,7 @@ fn example_env(name: &str) -> Option<String> {
         "EAB_HMAC_KEY" => Some("ZXhhbXBsZS1obWFjLWtleQ".to_string()),
         "TSIG_SECRET" => Some("ZXhhbXBsZS10c2lnLXNlY3JldC1rZXktMzItYnl0ZXM=".to_string()),
         "CERTS_TOKEN" => Some("Bearer example-token".to_string()),
+        "KEYSTORE_PASSWORD" => Some("example-keystore-password".to_string()),
         _ => None,
     }
 }

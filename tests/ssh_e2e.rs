@@ -357,7 +357,7 @@ certificates:
     let path = setup.config_path();
     let p = path.display();
     for expected in [
-        format!("{p}:20:9: unknown key `password` in target \"lb1\" (expected one of: name, type, host, port, user, identity, known_hosts, jump, cert, chain, fullchain, key, combined, mode, owner, group, reload, reload_timeout, verify)"),
+        format!("{p}:20:9: unknown key `password` in target \"lb1\" (expected one of: name, type, host, port, user, identity, known_hosts, jump, cert, chain, fullchain, key, combined, pkcs12, pkcs12_password, pkcs12_name, mode, owner, group, reload, reload_timeout, verify)"),
         format!("{p}:14:15: `host` must be a host name or address, not \"-oProxyCommand=evil\""),
         format!("{p}:15:15: `port` must be a port number from 1 to 65535, not \"0\""),
         format!("{p}:16:15: `user` \"a@b\" is not a valid user name"),

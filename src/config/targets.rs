@@ -10,8 +10,8 @@ use super::monitoring;
 use super::values;
 use super::yaml::{self, peek, Map, Node, Value};
 use super::{
-    CommandSpec, Diag, ExecTarget, FileSet, FileTarget, HaproxySocket, HaproxyTarget, SshTarget,
-    TargetConfig, TargetKind, Text, VerifyConfig, WebhookTarget,
+    CommandSpec, Diag, ExecTarget, FileSet, FileTarget, HaproxySocket, HaproxyTarget, Pkcs12File,
+    SshTarget, Starttls, TargetConfig, TargetKind, Text, VerifyConfig, WebhookTarget,
 };
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -24,6 +24,9 @@ const FILE_KEYS: &[&str] = &[
     "fullchain",
     "key",
     "combined",
+    "pkcs12",
+    "pkcs12_password",
+    "pkcs12_name",
     "mode",
     "owner",
     "group",
@@ -54,6 +57,9 @@ const SSH_KEYS: &[&str] = &[
     "fullchain",
     "key",
     "combined",
+    "pkcs12",
+    "pkcs12_password",
+    "pkcs12_name",
     "mode",
     "owner",
     "group",
@@ -87,8 +93,8 @@ const WEBHOOK_KEYS: &[&str] = &[
     "verify",
 ];
 const SUPPORTED_TYPES: &[&str] = &["file", "exec", "ssh", "haproxy", "webhook"];
-const VERIFY_KEYS: &[&str] = &["connect", "server_name", "timeout"];
-const FILE_SLOTS: [&str; 5] = ["cert", "chain", "fullchain", "key", "combined"];
+const VERIFY_KEYS: &[&str] = &["connect", "server_name", "timeout", "starttls"];
+const FILE_SLOTS: [&str; 6] = ["cert", "chain", "fullchain", "key", "combined", "pkcs12"];
 
 const DEFAULT_MODE: u32 = 0o600;
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -96,15 +102,18 @@ const DEFAULT_VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_HAPROXY_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The targets of certificate `cert`, whose valid domains are `domains`.
-pub(super) fn targets(
-    cert: &str,
-    node: &Node,
-    domains: &[String],
-    base: &Path,
-    env: Env<'_>,
-    d: &mut Diag,
-) -> Vec<TargetConfig> {
+/// What a target's keys are read against: its certificate's name and valid
+/// domains, the configuration's folder, the environment secrets come from.
+pub(super) struct Context<'a> {
+    pub cert: &'a str,
+    pub domains: &'a [String],
+    pub base: &'a Path,
+    pub env: Env<'a>,
+}
+
+/// The targets of certificate `cx.cert`.
+pub(super) fn targets(node: &Node, cx: &Context<'_>, d: &mut Diag) -> Vec<TargetConfig> {
+    let cert = cx.cert;
     let Some(items) = yaml::list(node, "`targets`", d) else {
         return Vec::new();
     };
@@ -119,7 +128,7 @@ pub(super) fn targets(
             Some(n) => format!("target \"{n}\""),
             None => format!("target #{} of certificate \"{cert}\"", i + 1),
         };
-        if let Some(t) = target(item, &what, name, domains, base, env, d) {
+        if let Some(t) = target(item, &what, name, cx, d) {
             out.push(t);
         }
     }
@@ -156,11 +165,10 @@ fn target(
     node: &Node,
     what: &str,
     name: Option<String>,
-    domains: &[String],
-    base: &Path,
-    env: Env<'_>,
+    cx: &Context<'_>,
     d: &mut Diag,
 ) -> Option<TargetConfig> {
+    let (domains, base) = (cx.domains, cx.base);
     if !matches!(node.value, Value::Map(_)) {
         d.at(
             node.pos,
@@ -197,10 +205,10 @@ fn target(
     let m = Map::open(node, what, keys, &[], d)?;
 
     let kind = match ty {
-        "file" => file_target(&m, base, false, d).map(TargetKind::File),
-        "ssh" => ssh_target(&m, base, d).map(TargetKind::Ssh),
+        "file" => file_target(&m, cx, false, d).map(TargetKind::File),
+        "ssh" => ssh_target(&m, cx, d).map(TargetKind::Ssh),
         "haproxy" => haproxy_target(&m, base, d).map(TargetKind::Haproxy),
-        "webhook" => webhook_target(&m, base, env, d).map(TargetKind::Webhook),
+        "webhook" => webhook_target(&m, base, cx.env, d).map(TargetKind::Webhook),
         _ => exec_target(&m, base, d).map(TargetKind::Exec),
     };
     let reload_timeout = m
@@ -229,8 +237,10 @@ fn target(
 
 /// The file keys of a `file` target, or of an `ssh` target (`remote`: paths
 /// on the remote host, which must be absolute).
-fn file_target(m: &Map<'_>, base: &Path, remote: bool, d: &mut Diag) -> Option<FileTarget> {
+fn file_target(m: &Map<'_>, cx: &Context<'_>, remote: bool, d: &mut Diag) -> Option<FileTarget> {
+    let base = cx.base;
     let mut files = FileSet::default();
+    let mut pkcs12_path = None;
     let mut written: Vec<(PathBuf, &str)> = Vec::new();
     let mut bad_remote = false;
     for slot in FILE_SLOTS {
@@ -269,7 +279,8 @@ fn file_target(m: &Map<'_>, base: &Path, remote: bool, d: &mut Diag) -> Option<F
             "chain" => &mut files.chain,
             "fullchain" => &mut files.fullchain,
             "key" => &mut files.key,
-            _ => &mut files.combined,
+            "combined" => &mut files.combined,
+            _ => &mut pkcs12_path,
         };
         *field = Some(p);
     }
@@ -294,6 +305,16 @@ fn file_target(m: &Map<'_>, base: &Path, remote: bool, d: &mut Diag) -> Option<F
     let group = m
         .get("group")
         .and_then(|n| yaml::nonempty_string(n, "`group`", d));
+    let pkcs12 = pkcs12_options(m, cx, d);
+    files.pkcs12 = match (pkcs12_path, pkcs12) {
+        (Some(path), Some((password, name))) => Some(Pkcs12File {
+            path,
+            password,
+            name,
+        }),
+        (None, _) => None,
+        (Some(_), None) => return None,
+    };
     if bad_remote
         || !any_given
         || written.len() != FILE_SLOTS.iter().filter(|s| m.get(s).is_some()).count()
@@ -308,7 +329,51 @@ fn file_target(m: &Map<'_>, base: &Path, remote: bool, d: &mut Diag) -> Option<F
     })
 }
 
-fn ssh_target(m: &Map<'_>, base: &Path, d: &mut Diag) -> Option<SshTarget> {
+/// `pkcs12_password` and `pkcs12_name` (defaulting to the certificate's
+/// name), checked against `pkcs12`; `None` when `pkcs12` is absent or either
+/// is invalid (each problem reported).
+fn pkcs12_options(m: &Map<'_>, cx: &Context<'_>, d: &mut Diag) -> Option<(super::Secret, String)> {
+    let Some(file) = m.get("pkcs12") else {
+        for key in ["pkcs12_password", "pkcs12_name"] {
+            if let Some((k, v)) = m.entry(key) {
+                if !v.is_null() {
+                    d.at(k.pos, format!("`{key}` has no effect without `pkcs12`"));
+                }
+            }
+        }
+        return None;
+    };
+    let password = match m.get("pkcs12_password") {
+        Some(n) => values::secret(n, "pkcs12_password", cx.base, cx.env, d),
+        None => {
+            d.at(
+                file.pos,
+                "`pkcs12` needs `pkcs12_password`: { env: NAME } or { file: PATH } \
+                 (an empty password is not allowed)",
+            );
+            None
+        }
+    };
+    let name = match m.get("pkcs12_name") {
+        None => Some(cx.cert.to_string()),
+        Some(n) => yaml::nonempty_string(n, "`pkcs12_name`", d).and_then(|s| {
+            // A friendlyName is a BMPString: no character beyond U+FFFF.
+            if s.chars().any(|c| c.is_control() || u32::from(c) > 0xffff) {
+                d.at(
+                    n.pos,
+                    format!("`pkcs12_name` {s:?} holds a control character or one beyond U+FFFF"),
+                );
+                None
+            } else {
+                Some(s)
+            }
+        }),
+    };
+    Some((password?, name?))
+}
+
+fn ssh_target(m: &Map<'_>, cx: &Context<'_>, d: &mut Diag) -> Option<SshTarget> {
+    let base = cx.base;
     let host = m.require("host", d).and_then(|n| {
         let s = yaml::nonempty_string(n, "`host`", d)?;
         ssh_host(&s, "`host`", n, d)
@@ -373,7 +438,7 @@ fn ssh_target(m: &Map<'_>, base: &Path, d: &mut Diag) -> Option<SshTarget> {
         },
         None => None,
     };
-    let files = file_target(m, base, true, d);
+    let files = file_target(m, cx, true, d);
     if !ok {
         return None;
     }
@@ -615,10 +680,32 @@ fn verify(node: &Node, target: &str, domains: &[String], d: &mut Diag) -> Option
         Some(n) => values::duration(n, "`timeout`", true, d),
         None => Some(DEFAULT_VERIFY_TIMEOUT),
     };
+    let starttls = match m.get("starttls") {
+        None => Some(None),
+        Some(n) => {
+            let s = n
+                .scalar()
+                .filter(|_| n.is_plain())
+                .and_then(Starttls::parse);
+            if s.is_none() {
+                let all: Vec<&str> = Starttls::ALL.iter().map(|s| s.as_str()).collect();
+                d.at(
+                    n.pos,
+                    format!(
+                        "`starttls` must be one of: {}, not {}",
+                        all.join(", "),
+                        n.describe()
+                    ),
+                );
+            }
+            s.map(Some)
+        }
+    };
     Some(VerifyConfig {
         connect: connect?,
         server_name: server_name?,
         timeout: timeout?,
+        starttls: starttls?,
     })
 }
 

@@ -425,6 +425,20 @@ pub struct FileSet {
     pub fullchain: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub combined: Option<PathBuf>,
+    /// A PKCS#12 file holding the key, the leaf and the chain.
+    pub pkcs12: Option<Pkcs12File>,
+}
+
+/// `pkcs12:` of a `file` or `ssh` target, with `pkcs12_password` and
+/// `pkcs12_name`. Written with the mode of key files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pkcs12File {
+    pub path: PathBuf,
+    /// Encrypts the key and the certificates and keys the MAC; never empty.
+    pub password: Secret,
+    /// The key's friendly name (a Java keystore's alias): `pkcs12_name`,
+    /// else the certificate's name.
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -528,6 +542,41 @@ pub struct VerifyConfig {
     pub server_name: String,
     /// Keep retrying the handshake until this much time has passed.
     pub timeout: Duration,
+    /// A plaintext exchange that asks for TLS first (mail servers, PostgreSQL).
+    pub starttls: Option<Starttls>,
+}
+
+/// `verify.starttls`: the protocol spoken before the TLS handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Starttls {
+    /// RFC 3207: greeting, `EHLO`, `STARTTLS`.
+    Smtp,
+    /// RFC 9051 §6.2.1: greeting, `a1 STARTTLS`.
+    Imap,
+    /// RFC 2595 §4: greeting, `STLS`.
+    Pop3,
+    /// PostgreSQL's `SSLRequest` message, answered by `S`.
+    Postgres,
+}
+
+impl Starttls {
+    pub const ALL: [Starttls; 4] = [
+        Starttls::Smtp,
+        Starttls::Imap,
+        Starttls::Pop3,
+        Starttls::Postgres,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Starttls::Smtp => "smtp",
+            Starttls::Imap => "imap",
+            Starttls::Pop3 => "pop3",
+            Starttls::Postgres => "postgres",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Starttls> {
+        Starttls::ALL.into_iter().find(|k| k.as_str() == s)
+    }
 }
 
 /// `metrics:` — Prometheus metrics. At least one of the two is set.

@@ -630,7 +630,16 @@ fn certificate(
     };
     let valid_domains: Vec<String> = domains.iter().filter_map(|(_, v)| v.clone()).collect();
     let targets = match m.get("targets") {
-        Some(n) => targets::targets(name, n, &valid_domains, base, env, d),
+        Some(n) => targets::targets(
+            n,
+            &targets::Context {
+                cert: name,
+                domains: &valid_domains,
+                base,
+                env,
+            },
+            d,
+        ),
         None => Vec::new(),
     };
 

@@ -1,5 +1,5 @@
-//! The `file` target: any of cert, chain, fullchain, key and combined,
-//! written with the configured mode, owner and group.
+//! The `file` target: any of cert, chain, fullchain, key, combined and
+//! pkcs12, written with the configured mode, owner and group.
 //!
 //! All files are first written completely to temp files beside their
 //! destinations (fsynced, with their final mode and owner), and only then
@@ -19,7 +19,7 @@ use crate::store::fsutil;
 /// Mode of files that hold no private key.
 const PUBLIC_MODE: u32 = 0o644;
 
-/// The files of a target with their content and mode.
+/// The PEM files of a target (all but `pkcs12`) with their content and mode.
 pub(super) fn contents(t: &FileTarget, b: &Bundle) -> Vec<(PathBuf, String, u32)> {
     let mut out = Vec::new();
     let f = &t.files;
@@ -36,18 +36,57 @@ pub(super) fn contents(t: &FileTarget, b: &Bundle) -> Vec<(PathBuf, String, u32)
     out
 }
 
+/// Every file of a target, PKCS#12 included, with its content and mode:
+/// what is written.
+pub(super) fn files(
+    t: &FileTarget,
+    b: &Bundle,
+) -> Result<Vec<(PathBuf, Vec<u8>, u32)>, DeployError> {
+    let mut out: Vec<_> = contents(t, b)
+        .into_iter()
+        .map(|(p, c, m)| (p, c.into_bytes(), m))
+        .collect();
+    if let Some(p12) = &t.files.pkcs12 {
+        let data = super::pkcs12::encode(b, p12).map_err(|source| DeployError::Pkcs12 {
+            path: p12.path.clone(),
+            source,
+        })?;
+        out.push((p12.path.clone(), data, t.mode));
+    }
+    Ok(out)
+}
+
+/// Every path a target writes.
+pub(super) fn paths(t: &FileTarget) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = contents(t, &placeholder())
+        .into_iter()
+        .map(|(p, _, _)| p)
+        .collect();
+    out.extend(t.files.pkcs12.iter().map(|p| p.path.clone()));
+    out
+}
+
+/// Whether every file holds `b`: the PEM files byte for byte; a PKCS#12
+/// file, whose bytes differ on every write (salts), by opening it with its
+/// password and comparing the key and certificates inside.
 pub fn holds(t: &FileTarget, b: &Bundle) -> bool {
-    contents(t, b).iter().all(|(p, c, _)| {
+    let pem_files = contents(t, b).iter().all(|(p, c, _)| {
         fs::read(p)
             .map(|on_disk| on_disk == c.as_bytes())
             .unwrap_or(false)
-    })
+    });
+    pem_files
+        && t.files.pkcs12.iter().all(|p12| {
+            fs::read(&p12.path)
+                .map(|on_disk| super::pkcs12::holds(&on_disk, b, p12))
+                .unwrap_or(false)
+        })
 }
 
 pub fn write(t: &FileTarget, b: &Bundle) -> Result<(), DeployError> {
     let uid = t.owner.as_deref().map(user_id).transpose()?;
     let gid = t.group.as_deref().map(group_id).transpose()?;
-    let files = contents(t, b);
+    let files = files(t, b)?;
     let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
     let cleanup = |staged: &[(PathBuf, PathBuf)]| {
         for (tmp, _) in staged {
@@ -55,7 +94,7 @@ pub fn write(t: &FileTarget, b: &Bundle) -> Result<(), DeployError> {
         }
     };
     for (path, content, mode) in &files {
-        let result = fsutil::stage(path, content.as_bytes(), *mode, uid, gid);
+        let result = fsutil::stage(path, content, *mode, uid, gid);
         match result {
             Ok(tmp) => staged.push((tmp, path.clone())),
             Err(source) => {
@@ -92,7 +131,7 @@ pub fn preflight(t: &FileTarget) -> Vec<String> {
         }
     }
     let uid = rustix::process::geteuid();
-    for (path, _, _) in contents(t, &placeholder()) {
+    for path in paths(t) {
         let dir = path.parent().unwrap_or(Path::new("/"));
         if let Err(e) = fsutil::refuse_planted_symlinks(dir) {
             problems.push(e.to_string());
@@ -247,5 +286,41 @@ mod tests {
             fs::read_dir(dir.path()).unwrap().next().is_none(),
             "nothing written"
         );
+    }
+
+    fn with_pkcs12(mut t: FileTarget, path: PathBuf) -> FileTarget {
+        t.files.pkcs12 = Some(crate::config::Pkcs12File {
+            path,
+            password: crate::config::Secret::new("pw".into(), "env P".into()),
+            name: "site".into(),
+        });
+        t
+    }
+
+    #[test]
+    fn a_pkcs12_file_is_private_held_by_content_and_changes_with_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let p12 = dir.path().join("site.p12");
+        let t = with_pkcs12(target(dir.path(), dir.path()), p12.clone());
+        let old = bundle();
+        write(&t, &old).unwrap();
+        assert_eq!(fs::metadata(&p12).unwrap().mode() & 0o777, 0o600);
+        assert!(holds(&t, &old), "salted bytes, same content");
+        assert!(!holds(&t, &bundle()));
+
+        // The PKCS#12 file cannot be written: the PEM files stay as they were.
+        let broken = with_pkcs12(
+            target(dir.path(), dir.path()),
+            dir.path().join("missing/site.p12"),
+        );
+        let err = write(&broken, &bundle()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "writing {}/missing/site.p12: No such file or directory (os error 2)",
+                dir.path().display()
+            )
+        );
+        assert!(holds(&t, &old));
     }
 }

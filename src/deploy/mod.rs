@@ -6,6 +6,7 @@
 pub mod exec;
 pub mod file;
 pub mod haproxy;
+pub mod pkcs12;
 pub mod ssh;
 pub mod webhook;
 
@@ -22,6 +23,12 @@ pub enum DeployError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Pkcs12 {
+        path: PathBuf,
+        #[source]
+        source: pkcs12::Pkcs12Error,
     },
     #[error("{what} {name:?} does not exist on this system")]
     UnknownOwner { what: &'static str, name: String },

@@ -14,6 +14,8 @@
 //! and group, syncs, and only when every file is written renames them all
 //! into place. On any failure it removes its temp files and exits 1 with a
 //! message naming the path. Private keys never appear on a command line.
+//! A PKCS#12 file, being binary, travels as base64 lines and is decoded
+//! there with `base64 -d`.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -115,14 +117,14 @@ fn one_line(s: &str) -> String {
         .join(" / ")
 }
 
-/// The files with content and mode, as a `file` target would write them.
-fn contents(t: &SshTarget, b: &Bundle) -> Vec<(std::path::PathBuf, String, u32)> {
-    super::file::contents(&t.files, b)
-}
-
 /// The remote script writing every file, and what it reads on stdin.
-pub fn write_script(t: &SshTarget, b: &Bundle, nonce: &str) -> (String, Vec<u8>) {
-    let files = contents(t, b);
+pub fn write_script(
+    t: &SshTarget,
+    b: &Bundle,
+    nonce: &str,
+) -> Result<(String, Vec<u8>), DeployError> {
+    let files = super::file::files(&t.files, b)?;
+    let pkcs12 = t.files.files.pkcs12.as_ref().map(|p| &p.path);
     let mut stdin = Vec::new();
     let mut temps = Vec::new();
     for (i, (path, _, _)) in files.iter().enumerate() {
@@ -151,12 +153,28 @@ pub fn write_script(t: &SshTarget, b: &Bundle, nonce: &str) -> (String, Vec<u8>)
          printf '%s\\n' \"$l\" || return 1; i=$((i+1)); done; }\n",
     );
     for (i, (path, content, mode)) in files.iter().enumerate() {
-        let (lines, body) = line_counted(content);
+        let binary = Some(path) == pkcs12;
+        let text = if binary {
+            base64_lines(content)
+        } else {
+            String::from_utf8_lossy(content).into_owned()
+        };
+        let (lines, body) = line_counted(&text);
         stdin.extend_from_slice(body.as_bytes());
         let tmp = &all_temps[i];
         let dest = path.display().to_string();
         let cannot = |what: &str| quote(&format!("cannot {what} {dest}"));
-        let _ = writeln!(s, "recv {lines} > {tmp} || fail {}", cannot("write"));
+        if binary {
+            let _ = writeln!(s, "b=$(recv {lines}) || fail {}", cannot("write"));
+            let _ = writeln!(
+                s,
+                "printf '%s\\n' \"$b\" | base64 -d > {tmp} || fail {}",
+                cannot("decode (base64 -d) and write")
+            );
+            s.push_str("b=\n");
+        } else {
+            let _ = writeln!(s, "recv {lines} > {tmp} || fail {}", cannot("write"));
+        }
         let _ = writeln!(
             s,
             "chmod {mode:o} {tmp} || fail {}",
@@ -194,7 +212,19 @@ pub fn write_script(t: &SshTarget, b: &Bundle, nonce: &str) -> (String, Vec<u8>)
             quote(&format!("cannot rename a temp file to {dest}"))
         );
     }
-    (s, stdin)
+    Ok((s, stdin))
+}
+
+/// Binary data as base64 lines of 76 characters.
+fn base64_lines(data: &[u8]) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(data);
+    let mut out = String::with_capacity(encoded.len() + encoded.len() / 76 + 1);
+    for chunk in encoded.as_bytes().chunks(76) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out
 }
 
 /// The content as whole lines, and how many: a missing final newline is added
@@ -227,7 +257,7 @@ fn ssh_error(target: &str, t: &SshTarget, outcome: &CommandOutcome) -> DeployErr
 
 /// Write every file on the remote host; they change together.
 pub async fn write(target: &str, t: &SshTarget, b: &Bundle) -> Result<(), DeployError> {
-    let (script, stdin) = write_script(t, b, &nonce());
+    let (script, stdin) = write_script(t, b, &nonce())?;
     let argv = ssh_argv(t, &remote_sh(&script));
     let outcome = process::run_with_stdin(&argv, &[], Some(stdin), WRITE_TIMEOUT).await?;
     if outcome.success() {
@@ -271,7 +301,7 @@ pub async fn reload(
 /// exists and is writable, owner and group exist, the reload program exists.
 pub fn preflight_script(t: &SshTarget, reload: Option<&CommandSpec>) -> String {
     let mut dirs: Vec<String> = Vec::new();
-    for (path, _, _) in contents(t, &super::file::placeholder()) {
+    for path in super::file::paths(&t.files) {
         let dir = path
             .parent()
             .map(|p| p.display().to_string())
@@ -305,6 +335,13 @@ pub fn preflight_script(t: &SshTarget, reload: Option<&CommandSpec>) -> String {
             quote(g),
             quote(&format!("^{g}:")),
             quote(&format!("problem: group {g:?} does not exist"))
+        );
+    }
+    if t.files.files.pkcs12.is_some() {
+        let _ = writeln!(
+            s,
+            "command -v base64 >/dev/null 2>&1 || echo {}",
+            quote("problem: base64 is not found (it decodes the pkcs12 file)")
         );
     }
     if let Some(r) = reload {
@@ -396,7 +433,7 @@ mod tests {
     #[test]
     fn script_writes_temps_then_renames_and_never_holds_the_key() {
         let b = crate::store::tests::bundle(&["a.test"], time::OffsetDateTime::now_utc(), 90);
-        let (script, stdin) = write_script(&target(), &b, "n");
+        let (script, stdin) = write_script(&target(), &b, "n").unwrap();
         assert!(!script.contains(b.key.expose().lines().nth(1).unwrap()));
         assert_eq!(
             String::from_utf8(stdin).unwrap(),
@@ -409,5 +446,39 @@ mod tests {
         assert!(script.contains("chgrp -- 'ssl-cert'"), "{script}");
         assert!(script.contains("chmod 600 '/etc/tls/.certherd-tmp-site.key-n-1'"));
         assert!(script.contains("chmod 644 "));
+    }
+
+    #[test]
+    fn a_pkcs12_file_travels_as_base64_and_is_decoded_remotely() {
+        let b = crate::store::tests::bundle(&["a.test"], time::OffsetDateTime::now_utc(), 90);
+        let mut t = target();
+        t.files.files.pkcs12 = Some(crate::config::Pkcs12File {
+            path: PathBuf::from("/srv/site.p12"),
+            password: crate::config::Secret::new("pw-not-in-script".into(), "env X".into()),
+            name: "site".into(),
+        });
+        let (script, stdin) = write_script(&t, &b, "n").unwrap();
+        assert!(!script.contains("pw-not-in-script"));
+        assert!(
+            script.contains("| base64 -d > '/srv/.certherd-tmp-site.p12-n-2' || fail"),
+            "{script}"
+        );
+        assert!(script.contains("chmod 600 '/srv/.certherd-tmp-site.p12-n-2'"));
+        let stdin = String::from_utf8(stdin).unwrap();
+        let sent: String = stdin
+            .strip_prefix(&format!("{}{}", b.fullchain_pem(), b.key.expose()))
+            .unwrap()
+            .lines()
+            .collect();
+        use base64::Engine;
+        let p12 = base64::engine::general_purpose::STANDARD
+            .decode(sent)
+            .unwrap();
+        assert!(super::super::pkcs12::holds(
+            &p12,
+            &b,
+            t.files.files.pkcs12.as_ref().unwrap()
+        ));
+        assert!(preflight_script(&t, None).contains("command -v base64"));
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Modelled on instant-acme's `tests/pebble.rs` `Environment`: every service a
 //! test starts ([`Pebble`] with pebble-challtestsrv as its DNS, [`Nginx`],
-//! [`haproxy::Haproxy`], ...) runs
+//! [`haproxy::Haproxy`], the mail servers of [`mail`], ...) runs
 //! on free loopback ports in its own temporary directory, is polled until it
 //! answers (every wait has a deadline and says what it waited for), and is
 //! stopped in `Drop` by the pid this code started or the pid file it wrote,
@@ -20,6 +20,7 @@
 pub mod ari;
 pub mod bind;
 pub mod haproxy;
+pub mod mail;
 pub mod nginx;
 pub mod pebble;
 pub mod powerdns;
