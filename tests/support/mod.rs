@@ -19,6 +19,7 @@
 
 pub mod ari;
 pub mod bind;
+pub mod faultproxy;
 pub mod haproxy;
 pub mod nginx;
 pub mod pebble;
