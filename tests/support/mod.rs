@@ -29,6 +29,7 @@ pub mod receiver;
 pub mod run;
 pub mod sshd;
 pub mod tls;
+pub mod tmpfs;
 
 use std::collections::BTreeMap;
 use std::fs;
