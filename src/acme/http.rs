@@ -454,10 +454,9 @@ mod tests {
             async move { get(&c, &url).await.unwrap() }
         });
         // A second request while the first waits out the CA's Retry-After.
-        while count.load(Ordering::SeqCst) == 0 {
+        while c.hold.lock().unwrap().is_none() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(get(&c, &url).await.unwrap(), 200);
         assert!(
             start.elapsed() >= Duration::from_secs(1),
