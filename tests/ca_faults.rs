@@ -94,9 +94,16 @@ fn site_line(run: &Run) -> &str {
 /// A first issuance with `fault` applied, as `when` says, to the requests
 /// with `method` to `path`: it succeeds, and the certificate is stored and
 /// deployed.
-fn issue_through(env: &Env, method: Method, path: &str, when: When, fault: Fault) -> Duration {
+fn issue_through(
+    env: &Env,
+    method: Method,
+    path: &str,
+    when: When,
+    fault: Fault,
+) -> (Run, Duration) {
     env.proxy.inject(method, path, when, fault);
-    let (run, took) = env.run(&["renew"]);
+    // `-v`: the retries are logged at debug level.
+    let (run, took) = env.run(&["-v", "renew"]);
     run.assert_code(0);
     let line = site_line(&run);
     assert!(
@@ -106,7 +113,7 @@ fn issue_through(env: &Env, method: Method, path: &str, when: When, fault: Fault
     let sha = stored_sha256(&env.setup);
     let deployed = std::fs::read_to_string(env.out_dir().join("site/fullchain.pem")).unwrap();
     assert_eq!(support::leaf_sha256_of_pem(&deployed), sha);
-    took
+    (run, took)
 }
 
 #[test]
@@ -152,7 +159,14 @@ fn one_500_is_retried_after_a_short_backoff() {
 fn one_reset_connection_is_retried() {
     let env = Env::start(PebbleOptions::default(), 1);
     let new_order = env.proxy.path("newOrder");
-    issue_through(&env, Method::POST, &new_order, When::Nth(1), Fault::Reset);
+    let (run, _) = issue_through(&env, Method::POST, &new_order, When::Nth(1), Fault::Reset);
+    // A reset, not an orderly close.
+    assert!(
+        run.stderr
+            .contains("Connection reset by peer (os error 104)); retrying"),
+        "{}",
+        run.stderr
+    );
     let seen = env.new_orders();
     assert_eq!(faults(&seen), [Some("reset"), None]);
     assert_eq!(statuses(&seen), [None, Some(201)]);
@@ -162,7 +176,14 @@ fn one_reset_connection_is_retried() {
 fn one_truncated_body_is_retried() {
     let env = Env::start(PebbleOptions::default(), 1);
     // The certificate download: Pebble answered it, half of it arrived.
-    issue_through(&env, Method::POST, "/certZ/", When::Nth(1), Fault::Truncate);
+    let (run, _) = issue_through(&env, Method::POST, "/certZ/", When::Nth(1), Fault::Truncate);
+    // The head arrived, the body did not: an error reading the body.
+    assert!(
+        run.stderr
+            .contains("ACME request failed (error decoding response body for url ("),
+        "{}",
+        run.stderr
+    );
     let seen = env.proxy.requests_to(Method::POST, "/certZ/");
     // The repeat carries the nonce Pebble already took (badNonce, 400);
     // instant-acme signs again with a fresh one.
@@ -174,7 +195,7 @@ fn one_truncated_body_is_retried() {
 fn a_slow_answer_within_the_timeout_is_waited_for_not_repeated() {
     let env = Env::start(PebbleOptions::default(), 1);
     let new_order = env.proxy.path("newOrder");
-    let took = issue_through(
+    let (_, took) = issue_through(
         &env,
         Method::POST,
         &new_order,

@@ -528,12 +528,16 @@ async fn handle(
     }
     if fault == Some(Fault::Truncate) && bytes.len() > 1 {
         // The head promises every byte; half of them come, then the end.
+        // The pause lets the head and the first half reach the client
+        // before the connection goes down.
+        use futures_util::StreamExt;
         let half = bytes.slice(..bytes.len() / 2);
-        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
-            Ok(Frame::data(half)),
-            Err(std::io::Error::other("truncated by the fault proxy")),
-        ];
-        let stream = StreamBody::new(futures_util::stream::iter(frames));
+        let first = futures_util::stream::iter([Ok(Frame::data(half))]);
+        let end = futures_util::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(std::io::Error::other("truncated by the fault proxy"))
+        });
+        let stream = StreamBody::new(first.chain(end));
         return Ok(rsp
             .header("content-length", bytes.len().to_string())
             .body(BodyExt::boxed(stream))
