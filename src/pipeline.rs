@@ -150,7 +150,14 @@ pub async fn renew(
                 (Issuance::Failed { error }, false)
             }
             Some((_, Ok(bundle))) => {
-                store.install(&cert.name, bundle, OffsetDateTime::now_utc())?;
+                if let Err(e) = store.install(&cert.name, bundle, OffsetDateTime::now_utc()) {
+                    // A full or read-only state directory: the issued
+                    // certificate is lost, the previous one stays current.
+                    tracing::error!(certificate = %cert.name, error = %e, "the new certificate could not be stored; the previous certificate stays in place");
+                    let error = format!("storing the new certificate: {e}");
+                    staged.push((i, *cert, Issuance::Failed { error }, false));
+                    continue;
+                }
                 tracing::info!(certificate = %cert.name, serial = %bundle.info.serial, not_after = %rfc3339(bundle.info.not_after), "renewed and stored");
                 currents[i] = Some(bundle.clone());
                 let renewed = Issuance::Renewed {
@@ -604,7 +611,11 @@ async fn deploy_certificate(
         let mut failed = Vec::new();
         for (report, record) in results {
             if let Some(record) = record {
-                store.save_target_record(&cert.name, &report.name, &record)?;
+                // The target is as the report says whether or not this is
+                // remembered; without the record the next run deploys again.
+                if let Err(e) = store.save_target_record(&cert.name, &report.name, &record) {
+                    tracing::error!(certificate = %cert.name, target = %report.name, error = %e, "could not record the target's state; the next run deploys to it again");
+                }
             }
             if !report.ok() {
                 failed.push(report.name.clone());
@@ -659,7 +670,8 @@ async fn one_target(
                 report.action = TargetAction::Unchanged;
                 // It should serve the certificate already; if it does not, push again.
                 if let Some(v) = &t.verify {
-                    let verdict = verify::verify_within(v, bundle, QUICK_VERIFY).await;
+                    let verdict =
+                        verify::verify_within(v, bundle, QUICK_VERIFY.min(v.timeout)).await;
                     if verdict.is_current() {
                         report.verdict = Some(verdict);
                         return TargetOutcome {
@@ -1030,7 +1042,8 @@ async fn target_status(t: &TargetConfig, current: Option<&Bundle>, offline: bool
     };
     match (&t.verify, offline) {
         (Some(v), false) => {
-            let verdict = verify::verify_within(v, bundle, STATUS_VERIFY).await;
+            // Never longer than the target's own `verify.timeout`.
+            let verdict = verify::verify_within(v, bundle, STATUS_VERIFY.min(v.timeout)).await;
             s.state = verdict.state();
             s.served_sha256 = verdict.served_sha256().map(str::to_string);
             s.error = verdict.problem();

@@ -16,6 +16,9 @@ pub struct CommandOutcome {
     /// Exit code; `None` when killed by a signal or by the timeout.
     pub code: Option<i32>,
     pub timed_out: bool,
+    /// The deadline it was given (and killed at, when `timed_out`).
+    #[serde(skip)]
+    pub timeout: Duration,
     pub stdout: String,
     pub stderr: String,
 }
@@ -28,7 +31,7 @@ impl CommandOutcome {
     /// One line for an operator: what ran and how it ended.
     pub fn summary(&self) -> String {
         let how = if self.timed_out {
-            "timed out".to_string()
+            format!("timed out after {:?} and was killed", self.timeout)
         } else {
             match self.code {
                 Some(c) => format!("exited {c}"),
@@ -116,6 +119,7 @@ pub async fn run_with_stdin(
         argv: argv.to_vec(),
         code,
         timed_out,
+        timeout,
         stdout: bounded(&o),
         stderr: bounded(&e),
     })
@@ -197,7 +201,10 @@ mod tests {
             .unwrap();
         assert!(o.timed_out);
         assert!(start.elapsed() < Duration::from_secs(5));
-        assert_eq!(o.summary(), "`sleep 30` timed out");
+        assert_eq!(
+            o.summary(),
+            "`sleep 30` timed out after 200ms and was killed"
+        );
     }
 
     #[tokio::test]

@@ -129,7 +129,9 @@ pub async fn verify_within(cfg: &VerifyConfig, expected: &Bundle, total: Duratio
     let mut delay = Duration::from_millis(50);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let per_try = left.clamp(Duration::from_millis(100), Duration::from_secs(5));
+        // Whole tenths of a second: the error then says "within 2s", not
+        // "within 1.999999719s".
+        let per_try = round_up_to_tenths(left).clamp(Duration::from_millis(100), PER_TRY);
         let mut verdict = handshake(cfg, expected, per_try).await;
         if verdict.is_current() {
             // A server that was just reloaded can still hand a new connection
@@ -153,6 +155,14 @@ pub async fn verify_within(cfg: &VerifyConfig, expected: &Bundle, total: Duratio
 
 /// The longest pause between two handshakes while waiting for a target.
 const MAX_RETRY_DELAY: Duration = Duration::from_millis(400);
+
+/// The longest one handshake attempt may take.
+const PER_TRY: Duration = Duration::from_secs(5);
+
+fn round_up_to_tenths(d: Duration) -> Duration {
+    let tenths = d.as_nanos().div_ceil(100_000_000);
+    Duration::from_millis(u64::try_from(tenths).unwrap_or(u64::MAX / 100) * 100)
+}
 
 /// The pause between the two handshakes that must both show the current certificate.
 const CONFIRM_AFTER: Duration = Duration::from_millis(250);
@@ -240,5 +250,19 @@ impl ServerCertVerifier for Observe {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_timeouts_are_whole_tenths() {
+        let t = |ns: u64| round_up_to_tenths(Duration::from_nanos(ns));
+        assert_eq!(t(1_999_999_719), Duration::from_secs(2));
+        assert_eq!(t(2_000_000_000), Duration::from_secs(2));
+        assert_eq!(t(2_000_000_001), Duration::from_millis(2100));
+        assert_eq!(t(0), Duration::ZERO);
     }
 }

@@ -2,6 +2,13 @@
 //! TCP_NODELAY, the operator's `trust_roots` on top of the Mozilla roots,
 //! and bounded retries with backoff for what is worth retrying — 5xx, 429,
 //! connection errors, truncated bodies — honouring `Retry-After` up to a cap.
+//!
+//! A `Retry-After` the CA sends holds every request of the client until it
+//! has passed, not only the one that got it: concurrent orders do not keep
+//! knocking while the CA has asked for a pause. An answer that still says
+//! "later" (5xx, 429) once the retries are spent is an error
+//! ([`RequestFailed`]) with the status, the CA's problem document and the
+//! number of attempts, so the report says what the CA said.
 
 use std::future::Future;
 use std::path::Path;
@@ -12,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::header::RETRY_AFTER;
 use http_body_util::{BodyExt, Full};
-use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
+use instant_acme::{BodyWrapper, BytesResponse, HttpClient, Problem};
 
 /// How retries are spaced and bounded. Every ACME request gets at most
 /// `attempts` tries; a `Retry-After` longer than `max_wait` ends the retries.
@@ -70,6 +77,8 @@ pub fn tls_config(trust_roots: &[impl AsRef<Path>]) -> Result<rustls::ClientConf
 pub struct AcmeHttp {
     client: reqwest::Client,
     policy: RetryPolicy,
+    /// No request is sent before this moment: the latest `Retry-After`.
+    hold: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl AcmeHttp {
@@ -85,7 +94,11 @@ impl AcmeHttp {
             .user_agent(concat!("certherd/", env!("CARGO_PKG_VERSION")))
             .no_proxy()
             .build()?;
-        Ok(AcmeHttp { client, policy })
+        Ok(AcmeHttp {
+            client,
+            policy,
+            hold: Arc::default(),
+        })
     }
 
     async fn send(
@@ -98,14 +111,49 @@ impl AcmeHttp {
             .await
             .map(|c| c.to_bytes())
             .unwrap_or_default();
-        let (status, headers, bytes) = self
-            .execute(&parts.method, &parts.uri.to_string(), &parts.headers, body)
+        let url = parts.uri.to_string();
+        let fin = self
+            .execute(&parts.method, &url, &parts.headers, body)
             .await
             .map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
-        let mut rsp = http::Response::new(Full::new(bytes));
-        *rsp.status_mut() = status;
-        *rsp.headers_mut() = headers;
+        if is_retryable(fin.status) {
+            // Still "later" after every retry: say what the CA said, rather
+            // than leave instant-acme to read the body as what it expected.
+            return Err(instant_acme::Error::Other(Box::new(self.refused(url, fin))));
+        }
+        let mut rsp = http::Response::new(Full::new(fin.body));
+        *rsp.status_mut() = fin.status;
+        *rsp.headers_mut() = fin.headers;
         Ok(BytesResponse::from(rsp))
+    }
+
+    /// The error for an answer that is still a 5xx or 429 when retrying ends.
+    fn refused(&self, url: String, fin: Final) -> RequestFailed {
+        let problem = serde_json::from_slice::<Problem>(&fin.body)
+            .ok()
+            .filter(|p| p.r#type.is_some() || p.detail.is_some());
+        let mut cause = format!("HTTP {}", fin.status);
+        if let Some(p) = &problem {
+            cause.push_str(": ");
+            cause.push_str(p.detail.as_deref().unwrap_or("no detail"));
+            if let Some(t) = &p.r#type {
+                cause.push_str(&format!(" ({t})"));
+            }
+        }
+        if let Some(wait) = retry_after(&fin.headers).filter(|w| *w > self.policy.max_wait) {
+            cause.push_str(&format!(
+                "; the CA asks to retry after {}s, longer than the {}s certherd waits",
+                wait.as_secs(),
+                self.policy.max_wait.as_secs()
+            ));
+        }
+        RequestFailed {
+            url,
+            attempts: fin.attempts,
+            cause,
+            status: Some(fin.status.as_u16()),
+            problem,
+        }
     }
 
     /// A plain GET with the same retries as every ACME request: for what
@@ -113,7 +161,7 @@ impl AcmeHttp {
     /// returned once the retries are done; only a request that never got
     /// an answer is an error.
     pub async fn get(&self, url: &str) -> Result<Answer, RequestFailed> {
-        let (status, headers, body) = self
+        let fin = self
             .execute(
                 &http::Method::GET,
                 url,
@@ -122,9 +170,9 @@ impl AcmeHttp {
             )
             .await?;
         Ok(Answer {
-            status,
-            headers,
-            body,
+            status: fin.status,
+            headers: fin.headers,
+            body: fin.body,
         })
     }
 
@@ -134,10 +182,14 @@ impl AcmeHttp {
         url: &str,
         headers: &http::HeaderMap,
         body: Bytes,
-    ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), RequestFailed> {
+    ) -> Result<Final, RequestFailed> {
         let mut delay = self.policy.first_delay;
         let mut attempt = 1;
         loop {
+            let hold = *self.hold.lock().expect("hold");
+            if let Some(until) = hold {
+                tokio::time::sleep_until(until).await;
+            }
             let mut rb = self.client.request(method.clone(), url).body(body.clone());
             for (k, v) in headers.iter() {
                 rb = rb.header(k, v);
@@ -158,9 +210,15 @@ impl AcmeHttp {
                 Err(_) => crate::metrics::AcmeOutcome::NetworkError,
             });
             let wait = match &outcome {
-                Ok((status, headers, _)) if status.is_server_error() || status.as_u16() == 429 => {
-                    retry_after(headers).map(Some).unwrap_or(Some(delay))
-                }
+                Ok((status, headers, _)) if is_retryable(*status) => match retry_after(headers) {
+                    Some(asked) => {
+                        if asked <= self.policy.max_wait {
+                            self.hold_until(tokio::time::Instant::now() + asked);
+                        }
+                        Some(asked)
+                    }
+                    None => Some(delay),
+                },
                 Ok(_) => None,
                 Err(_) => Some(delay),
             };
@@ -184,17 +242,48 @@ impl AcmeHttp {
                     delay = (delay * 2).min(self.policy.max_wait);
                     attempt += 1;
                 }
-                (None, Ok(answer)) => return Ok(answer),
+                (None, Ok((status, headers, body))) => {
+                    return Ok(Final {
+                        status,
+                        headers,
+                        body,
+                        attempts: attempt,
+                    })
+                }
                 (None, Err(e)) => {
                     return Err(RequestFailed {
                         url: url.to_string(),
                         attempts: attempt,
                         cause: error_chain(&e),
+                        status: None,
+                        problem: None,
                     })
                 }
             }
         }
     }
+
+    /// Hold every request of this client until `until` (the later of it
+    /// and any hold already set).
+    fn hold_until(&self, until: tokio::time::Instant) {
+        let mut hold = self.hold.lock().expect("hold");
+        if hold.is_none_or(|h| h < until) {
+            *hold = Some(until);
+        }
+    }
+}
+
+/// Worth asking again: the server failed or asked for a pause.
+fn is_retryable(status: http::StatusCode) -> bool {
+    status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS
+}
+
+/// The last answer to a request, and how many attempts it took.
+struct Final {
+    status: http::StatusCode,
+    headers: http::HeaderMap,
+    body: Bytes,
+    attempts: u32,
 }
 
 /// What a plain GET got back.
@@ -205,13 +294,21 @@ pub struct Answer {
     pub body: Bytes,
 }
 
-/// A request that could not be completed, after every retry.
+/// A request that could not be completed, after every retry: no answer,
+/// or (from the `HttpClient` seam) an answer that still says "later".
 #[derive(Debug, thiserror::Error)]
-#[error("{url}: {cause} (after {attempts} attempts)")]
+#[error(
+    "{url}: {cause} (after {attempts} {})",
+    if *attempts == 1 { "attempt" } else { "attempts" }
+)]
 pub struct RequestFailed {
     pub url: String,
     pub attempts: u32,
     pub cause: String,
+    /// The last answer's HTTP status, when there was an answer.
+    pub status: Option<u16>,
+    /// The CA's problem document (RFC 8555 §6.7), when the last answer had one.
+    pub problem: Option<Problem>,
 }
 
 /// An error and its sources, joined: reqwest's own Display hides the cause.
@@ -321,9 +418,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn retries_are_bounded() {
+    async fn retries_are_bounded_and_the_last_status_is_the_error() {
         let (url, count) = server(vec![(500, None)]).await;
-        assert_eq!(get(&client(), &url).await.unwrap(), 500);
+        let err = get(&client(), &url).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{url}: HTTP 500 Internal Server Error (after 4 attempts)")
+        );
         assert_eq!(count.load(Ordering::SeqCst), 4);
     }
 
@@ -331,9 +432,78 @@ mod tests {
     async fn a_retry_after_beyond_the_cap_is_not_waited_for() {
         let (url, count) = server(vec![(429, Some("3600"))]).await;
         let start = std::time::Instant::now();
-        assert_eq!(get(&client(), &url).await.unwrap(), 429);
+        let err = get(&client(), &url).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{url}: HTTP 429 Too Many Requests; the CA asks to retry after 3600s, \
+                 longer than the 2s certherd waits (after 1 attempt)"
+            )
+        );
         assert_eq!(count.load(Ordering::SeqCst), 1);
         assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_holds_every_request_of_the_client() {
+        let (url, count) = server(vec![(503, Some("1")), (200, None)]).await;
+        let c = client();
+        let start = std::time::Instant::now();
+        let first = tokio::spawn({
+            let (c, url) = (c.clone(), url.clone());
+            async move { get(&c, &url).await.unwrap() }
+        });
+        // A second request while the first waits out the CA's Retry-After.
+        while c.hold.lock().unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(get(&c, &url).await.unwrap(), 200);
+        assert!(
+            start.elapsed() >= Duration::from_secs(1),
+            "the second request went out during the pause"
+        );
+        assert_eq!(first.await.unwrap(), 200);
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_problem_document_is_named() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/new-order", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        let body = r#"{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many new orders","status":429}"#;
+                        hyper::Response::builder()
+                            .status(429)
+                            .header("content-type", "application/problem+json")
+                            .body(Full::new(Bytes::from_static(body.as_bytes())))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        let err = get(&client(), &url).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{url}: HTTP 429 Too Many Requests: too many new orders \
+                 (urn:ietf:params:acme:error:rateLimited) (after 4 attempts)"
+            )
+        );
+        let instant_acme::Error::Other(inner) = &err else {
+            panic!("{err:?}")
+        };
+        let failed = inner.downcast_ref::<RequestFailed>().unwrap();
+        assert_eq!(failed.status, Some(429));
+        assert_eq!(
+            failed.problem.as_ref().and_then(|p| p.r#type.as_deref()),
+            Some("urn:ietf:params:acme:error:rateLimited")
+        );
     }
 
     #[tokio::test]

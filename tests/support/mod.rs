@@ -19,6 +19,7 @@
 
 pub mod ari;
 pub mod bind;
+pub mod faultproxy;
 pub mod haproxy;
 pub mod mail;
 pub mod nginx;
@@ -29,6 +30,7 @@ pub mod receiver;
 pub mod run;
 pub mod sshd;
 pub mod tls;
+pub mod tmpfs;
 
 use std::collections::BTreeMap;
 use std::fs;
