@@ -31,6 +31,23 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let bytes = std::fs::read(path).map_err(|e| {
         ConfigErrors::single(path, format!("cannot read the configuration file: {e}"))
     })?;
+    // The configuration names commands certherd runs (reload, exec, hooks)
+    // and where keys go: a file every user may change is a way in.
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::MetadataExt;
+        if meta.mode() & 0o002 != 0 {
+            return Err(ConfigErrors::single(
+                path,
+                format!(
+                    "the configuration file is writable by every user (mode {:04o}); it names \
+                     commands certherd runs and where keys go, so certherd refuses it \
+                     (chmod o-w {})",
+                    meta.mode() & 0o7777,
+                    path.display()
+                ),
+            ));
+        }
+    }
     let src = String::from_utf8(bytes).map_err(|e| {
         ConfigErrors::single(
             path,
