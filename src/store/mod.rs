@@ -395,8 +395,14 @@ impl Store {
         if older.len() > KEEP_PREVIOUS {
             let vdir = dir.join(VERSIONS);
             for n in &older[..older.len() - KEEP_PREVIOUS] {
+                // Hidden first, by one rename: removing a folder takes
+                // many steps, and a crash among them must not leave a
+                // version that looks kept but has lost its files.
+                // `sweep_debris` finishes what a crash interrupted.
                 let p = vdir.join(n);
-                fs::remove_dir_all(&p).map_err(io_err(&p))?;
+                let doomed = vdir.join(format!(".{n}.pruned"));
+                fs::rename(&p, &doomed).map_err(io_err(&p))?;
+                fs::remove_dir_all(&doomed).map_err(io_err(&doomed))?;
             }
             sync_dir(&vdir).map_err(io_err(&vdir))?;
         }
@@ -712,6 +718,47 @@ pub(crate) mod tests {
             .cloned()
             .collect();
         assert_eq!(previous, expected);
+    }
+
+    #[test]
+    fn a_version_being_pruned_is_never_visible_half_removed() {
+        // The crash harness killed an install inside the removal of the
+        // oldest version: its folder stayed under its own name without its
+        // files, and every reader of the previous versions failed on it.
+        // Now the version is renamed to a hidden name first; what a crash
+        // leaves of it is debris, ignored by readers and swept by the next
+        // install.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "https://ca.test/dir", Duration::ZERO).unwrap();
+        let vdir = store.namespace_dir().join("certs/example/versions");
+        let mut installed = Vec::new();
+        for i in 0..(KEEP_PREVIOUS + 2) {
+            let b = bundle(&["a.test"], now(), 90);
+            store
+                .install("example", &b, now() + time::Duration::seconds(i as i64))
+                .unwrap();
+            installed.push(b);
+        }
+        // A crash after the rename, before the removal finished.
+        let oldest = store.version_names(vdir.parent().unwrap()).unwrap()[0].clone();
+        let doomed = vdir.join(format!(".{oldest}.pruned"));
+        fs::rename(vdir.join(&oldest), &doomed).unwrap();
+        fs::remove_file(doomed.join(KEY_FILE)).unwrap();
+        // Readers see one previous version fewer, and no error.
+        assert_eq!(store.previous("example").unwrap().len(), KEEP_PREVIOUS - 1);
+        assert!(store
+            .version_with_sha256("example", &installed[1].info.sha256)
+            .unwrap()
+            .is_none());
+        store
+            .install(
+                "example",
+                &bundle(&["a.test"], now(), 90),
+                now() + time::Duration::days(1),
+            )
+            .unwrap();
+        assert!(!doomed.exists());
+        assert_eq!(store.previous("example").unwrap().len(), KEEP_PREVIOUS);
     }
 
     #[test]
