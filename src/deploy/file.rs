@@ -87,6 +87,9 @@ pub fn write(t: &FileTarget, b: &Bundle) -> Result<(), DeployError> {
     let uid = t.owner.as_deref().map(user_id).transpose()?;
     let gid = t.group.as_deref().map(group_id).transpose()?;
     let files = files(t, b)?;
+    for (path, _, _) in &files {
+        sweep_temps(path);
+    }
     let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
     let cleanup = |staged: &[(PathBuf, PathBuf)]| {
         for (tmp, _) in staged {
@@ -106,16 +109,65 @@ pub fn write(t: &FileTarget, b: &Bundle) -> Result<(), DeployError> {
             }
         }
     }
+    // The renames follow each other with nothing in between (the folders
+    // are synced after the last one): POSIX cannot replace several files
+    // at once, so this keeps the moment in which a crash would leave a new
+    // certificate beside an old key as short as it can be. A run after such
+    // a crash finds the target does not hold the certificate and writes it
+    // again.
     for (i, (tmp, path)) in staged.iter().enumerate() {
-        if let Err(source) = fsutil::rename_durable(tmp, path) {
-            cleanup(&staged[i + 1..]);
+        if let Err(source) = fs::rename(tmp, path) {
+            cleanup(&staged[i..]);
             return Err(DeployError::Write {
                 path: path.clone(),
                 source,
             });
         }
     }
+    let mut dirs: Vec<&Path> = staged.iter().filter_map(|(_, p)| p.parent()).collect();
+    dirs.dedup();
+    for dir in dirs {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        fsutil::sync_dir(dir).map_err(|source| DeployError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
     Ok(())
+}
+
+/// Remove the temp files an interrupted [`write`] left beside `path`
+/// (`.certherd-tmp-<name>-<16 hex digits>`, the pattern of
+/// [`fsutil::temp_path`]): they may hold a private key, and a crash must
+/// not leave one more copy at every attempt. Only a certherd holding the
+/// state directory's lock deploys, so no other write of `path` is under way.
+fn sweep_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}{}-", fsutil::TEMP_PREFIX, name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        let is_temp = n
+            .strip_prefix(&prefix)
+            .is_some_and(|rest| rest.len() == 16 && rest.bytes().all(|b| b.is_ascii_hexdigit()));
+        if is_temp && e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 pub fn preflight(t: &FileTarget) -> Vec<String> {
@@ -263,6 +315,40 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 2, "temp files left behind: {names:?}");
+    }
+
+    #[test]
+    fn a_write_removes_the_temp_files_an_interrupted_one_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = target(dir.path(), dir.path());
+        // What a certherd killed between staging and renaming leaves.
+        let left = [
+            ".certherd-tmp-site.key-0123456789abcdef",
+            ".certherd-tmp-site.pem-fedcba9876543210",
+        ];
+        for n in left {
+            fs::write(dir.path().join(n), "debris").unwrap();
+        }
+        // Not ours: kept.
+        let others = [
+            ".certherd-tmp-other.key-0123456789abcdef",
+            ".certherd-tmp-site.key-x",
+        ];
+        for n in others {
+            fs::write(dir.path().join(n), "someone else's").unwrap();
+        }
+        let b = bundle();
+        write(&t, &b).unwrap();
+        assert!(holds(&t, &b));
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut expected = vec!["site.key", "site.pem"];
+        expected.extend(others);
+        expected.sort();
+        assert_eq!(names, expected);
     }
 
     #[test]

@@ -393,6 +393,7 @@ impl Store {
         let dir = self.cert_dir(name)?;
         let vdir = dir.join(VERSIONS);
         create_dir_all_mode(&vdir, 0o700).map_err(io_err(&vdir))?;
+        sweep_debris(&dir, &vdir)?;
 
         let serial_prefix: String = bundle.info.serial.chars().take(16).collect();
         let version = format!(
@@ -433,8 +434,14 @@ impl Store {
         if older.len() > KEEP_PREVIOUS {
             let vdir = dir.join(VERSIONS);
             for n in &older[..older.len() - KEEP_PREVIOUS] {
+                // Hidden first, by one rename: removing a folder takes
+                // many steps, and a crash among them must not leave a
+                // version that looks kept but has lost its files.
+                // `sweep_debris` finishes what a crash interrupted.
                 let p = vdir.join(n);
-                fs::remove_dir_all(&p).map_err(io_err(&p))?;
+                let doomed = vdir.join(format!(".{n}.pruned"));
+                fs::rename(&p, &doomed).map_err(io_err(&p))?;
+                fs::remove_dir_all(&doomed).map_err(io_err(&doomed))?;
             }
             sync_dir(&vdir).map_err(io_err(&vdir))?;
         }
@@ -568,6 +575,37 @@ fn load_current_quickly(link: &Path) -> Option<Bundle> {
     std::str::from_utf8(&buf[leaf_len..]).ok()?;
     let leaf_and_chain = std::str::from_utf8(&buf).ok()?;
     Bundle::from_chain(key, leaf_and_chain).ok()
+}
+
+/// Remove what an interrupted [`Store::install`] left in a certificate's
+/// folder `dir` and its `versions/` folder `vdir`: hidden version folders
+/// (half written, with a private key) and `current` links never swapped in.
+/// Only a writer holding the lock calls it, so no other install is under way.
+fn sweep_debris(dir: &Path, vdir: &Path) -> Result<(), StoreError> {
+    let mut removed = false;
+    for (folder, prefix) in [(vdir, "."), (dir, ".current.")] {
+        let entries = fs::read_dir(folder).map_err(io_err(folder))?;
+        for e in entries.filter_map(|e| e.ok()) {
+            if !e.file_name().to_string_lossy().starts_with(prefix) {
+                continue;
+            }
+            let p = e.path();
+            let gone = match e.file_type() {
+                Ok(t) if t.is_dir() => fs::remove_dir_all(&p),
+                _ => fs::remove_file(&p),
+            };
+            match gone {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&p)(e)),
+            }
+        }
+    }
+    if removed {
+        sync_dir(vdir).map_err(io_err(vdir))?;
+        sync_dir(dir).map_err(io_err(dir))?;
+    }
+    Ok(())
 }
 
 fn load_version(dir: &Path) -> Result<Bundle, StoreError> {
@@ -750,6 +788,81 @@ pub(crate) mod tests {
             .cloned()
             .collect();
         assert_eq!(previous, expected);
+    }
+
+    #[test]
+    fn a_version_being_pruned_is_never_visible_half_removed() {
+        // The crash harness killed an install inside the removal of the
+        // oldest version: its folder stayed under its own name without its
+        // files, and every reader of the previous versions failed on it.
+        // Now the version is renamed to a hidden name first; what a crash
+        // leaves of it is debris, ignored by readers and swept by the next
+        // install.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "https://ca.test/dir", Duration::ZERO).unwrap();
+        let vdir = store.namespace_dir().join("certs/example/versions");
+        let mut installed = Vec::new();
+        for i in 0..(KEEP_PREVIOUS + 2) {
+            let b = bundle(&["a.test"], now(), 90);
+            store
+                .install("example", &b, now() + time::Duration::seconds(i as i64))
+                .unwrap();
+            installed.push(b);
+        }
+        // A crash after the rename, before the removal finished.
+        let oldest = store.version_names(vdir.parent().unwrap()).unwrap()[0].clone();
+        let doomed = vdir.join(format!(".{oldest}.pruned"));
+        fs::rename(vdir.join(&oldest), &doomed).unwrap();
+        fs::remove_file(doomed.join(KEY_FILE)).unwrap();
+        // Readers see one previous version fewer, and no error.
+        assert_eq!(store.previous("example").unwrap().len(), KEEP_PREVIOUS - 1);
+        assert!(store
+            .version_with_sha256("example", &installed[1].info.sha256)
+            .unwrap()
+            .is_none());
+        store
+            .install(
+                "example",
+                &bundle(&["a.test"], now(), 90),
+                now() + time::Duration::days(1),
+            )
+            .unwrap();
+        assert!(!doomed.exists());
+        assert_eq!(store.previous("example").unwrap().len(), KEEP_PREVIOUS);
+    }
+
+    #[test]
+    fn an_install_removes_what_an_interrupted_install_left() {
+        // What a writer killed inside `install` leaves: a half-written
+        // version folder holding a private key, and a link never swapped in.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "https://ca.test/dir", Duration::ZERO).unwrap();
+        let first = bundle(&["a.test"], now(), 90);
+        store.install("example", &first, now()).unwrap();
+        let cdir = store.namespace_dir().join("certs/example");
+        let half = cdir.join("versions/.20261128T000000Z-0a0b.1234abcd");
+        fs::create_dir(&half).unwrap();
+        fs::write(half.join(KEY_FILE), first.key.expose()).unwrap();
+        symlink("versions/nowhere", cdir.join(".current.5678ef01")).unwrap();
+        // A reader ignores them.
+        assert_eq!(store.current("example").unwrap().unwrap(), first);
+        assert!(store.previous("example").unwrap().is_empty());
+
+        let second = bundle(&["a.test"], now(), 90);
+        store
+            .install("example", &second, now() + time::Duration::seconds(1))
+            .unwrap();
+        let hidden = |d: &Path| -> Vec<String> {
+            fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.'))
+                .collect()
+        };
+        assert_eq!(hidden(&cdir), Vec::<String>::new());
+        assert_eq!(hidden(&cdir.join("versions")), Vec::<String>::new());
+        assert_eq!(store.current("example").unwrap().unwrap(), second);
+        assert_eq!(store.previous("example").unwrap(), vec![first]);
     }
 
     #[test]

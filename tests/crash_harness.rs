@@ -1,0 +1,773 @@
+//! Crash safety: SIGKILL `certherd renew --force` and `certherd run` at
+//! seeded random moments, then check what an operator would find.
+//!
+//! Ignored by default (it runs for minutes); `scripts/crash-test
+//! [ITERATIONS] [SEED]` runs it. One Pebble, one nginx (a `file` target with
+//! reload and verify) and two sshd "hosts" (`ssh` targets with a remote
+//! reload) serve every iteration:
+//!
+//! 1. start `renew --force` or `run` (a configuration that is always due, so
+//!    the agent renews pass after pass) in its own process group;
+//! 2. after a seeded delay spread over an unkilled run's duration, SIGKILL
+//!    it, or its whole process group (its `ssh` and reload children too,
+//!    as a power cut or systemd's cgroup kill would);
+//! 3. check: `status --json --offline` loads the store; every stored version
+//!    has key, leaf, chain and full chain, and the key is the leaf's;
+//!    `current` names a complete version; every target's key is its
+//!    certificate's, and that certificate is one the store still keeps;
+//! 4. an unkilled `renew` must exit 0: every target deployed and nginx
+//!    verified serving the current certificate, and every target's files
+//!    are then the current certificate's.
+//!
+//! The phase each kill landed in is read from the killed run's log and
+//! what the kill left on disk. Every finding is printed; the test fails if
+//! there is any. Environment: `CRASH_ITERATIONS` (default 50),
+//! `CRASH_KILLS` (stop once this many kills landed; default: never),
+//! `CRASH_SEED` (default: from the clock, printed), `CRASH_SUMMARY` (a file
+//! to write the summary to).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use support::run::{yaml_list, Run, Setup, SITE};
+use support::sshd::Sshd;
+use support::{Nginx, Pebble, PebbleOptions};
+
+struct SshHost {
+    name: String,
+    sshd: Sshd,
+    fullchain: PathBuf,
+    key: PathBuf,
+}
+
+/// One place that receives the certificate: its name and its two files.
+struct TargetFiles {
+    name: String,
+    fullchain: PathBuf,
+    key: PathBuf,
+}
+
+struct Env {
+    pebble: Pebble,
+    nginx: Nginx,
+    hosts: Vec<SshHost>,
+    setup: Setup,
+}
+
+impl Env {
+    fn start() -> Env {
+        let pebble = Pebble::start(PebbleOptions::default());
+        let nginx = Nginx::start();
+        let setup = Setup::new();
+        let hosts: Vec<SshHost> = (0..2)
+            .map(|i| {
+                let sshd = Sshd::start();
+                let dir = sshd.remote_dir();
+                SshHost {
+                    name: format!("lb{i}"),
+                    fullchain: dir.join("site.pem"),
+                    key: dir.join("site.key"),
+                    sshd,
+                }
+            })
+            .collect();
+        let env = Env {
+            pebble,
+            nginx,
+            hosts,
+            setup,
+        };
+        fs::write(env.agent_config_path(), env.config(true)).unwrap();
+        env.setup.write_config(&env.config(false));
+        env
+    }
+
+    fn agent_config_path(&self) -> PathBuf {
+        self.setup.dir.path().join("agent.yaml")
+    }
+
+    /// The configuration; `always_due` makes every pass of `run` renew.
+    fn config(&self, always_due: bool) -> String {
+        let mut ssh = String::new();
+        for h in &self.hosts {
+            let kh = self
+                .setup
+                .dir
+                .path()
+                .join(format!("known_hosts-{}", h.name));
+            fs::write(&kh, format!("{}\n", h.sshd.known_hosts_line())).unwrap();
+            let reload = vec![
+                "touch".to_string(),
+                h.sshd.remote_dir().join("reloaded").display().to_string(),
+            ];
+            ssh.push_str(&format!(
+                "      - name: {name}
+        type: ssh
+        host: 127.0.0.1
+        port: {port}
+        identity: {id}
+        known_hosts: {kh}
+        fullchain: {fullchain}
+        key: {key}
+        reload: {reload}
+",
+                name = h.name,
+                port = h.sshd.port(),
+                id = h.sshd.client_key_path().display(),
+                kh = kh.display(),
+                fullchain = h.fullchain.display(),
+                key = h.key.display(),
+                reload = yaml_list(&reload),
+            ));
+        }
+        let renewal = if always_due {
+            // Longer than Pebble's certificates live: always due.
+            "renewal:\n  before_expiry: 3000d\n  check_interval: 1h\n  jitter: 0s\n"
+        } else {
+            ""
+        };
+        format!(
+            r#"state_dir: {state}
+acme:
+  directory: {dir}
+  contact: [ops@certherd.test]
+  trust_roots: [{root}]
+{renewal}challenges:
+  standalone:
+    type: http-01
+    listen: "127.0.0.1:{http}"
+certificates:
+  site:
+    domains: [{SITE}, www.{SITE}]
+    challenge: standalone
+    targets:
+      - name: web
+        type: file
+        fullchain: {cert}
+        key: {key}
+        reload: {reload}
+        verify:
+          connect: "{addr}"
+          server_name: {SITE}
+          timeout: 10s
+{ssh}"#,
+            state = self.setup.state_dir().display(),
+            dir = self.pebble.directory_url(),
+            root = self.pebble.ca_tls_root_path().display(),
+            http = self.pebble.http_port(),
+            cert = self.nginx.cert_path().display(),
+            key = self.nginx.key_path().display(),
+            reload = yaml_list(&self.nginx.reload_argv()),
+            addr = self.nginx.addr(),
+        )
+    }
+
+    fn targets(&self) -> Vec<TargetFiles> {
+        let mut t = vec![TargetFiles {
+            name: "web".into(),
+            fullchain: self.nginx.cert_path(),
+            key: self.nginx.key_path(),
+        }];
+        for h in &self.hosts {
+            t.push(TargetFiles {
+                name: h.name.clone(),
+                fullchain: h.fullchain.clone(),
+                key: h.key.clone(),
+            });
+        }
+        t
+    }
+
+    /// The folders where interrupted writes could leave temp files.
+    fn target_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![self.nginx.key_path().parent().unwrap().to_path_buf()];
+        dirs.extend(self.hosts.iter().map(|h| h.sshd.remote_dir()));
+        dirs
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    Renew,
+    Run,
+}
+
+/// The certherd binary under test: `CRASH_CERTHERD_BIN` (scripts/crash-test
+/// runs a copy, so builds during a long run do not swap it), else the one
+/// built with this test. The ambient environment is cleaned as
+/// [`support::certherd_cmd`] does.
+fn certherd() -> Command {
+    let bin = std::env::var_os("CRASH_CERTHERD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_certherd")));
+    let mut cmd = Command::new(bin);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CERTHERD_") {
+            cmd.env_remove(key);
+        }
+    }
+    for key in support::AMBIENT_ENV {
+        cmd.env_remove(key);
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// `certherd --config <the configuration> ARGS`, to its end.
+fn run(env: &Env, args: &[&str]) -> Run {
+    let out = certherd()
+        .arg("--config")
+        .arg(env.setup.config_path())
+        .args(args)
+        .output()
+        .expect("run certherd");
+    Run::from(out)
+}
+
+fn spawn(env: &Env, mode: Mode, log: &Path) -> Child {
+    let mut cmd = certherd();
+    match mode {
+        Mode::Renew => cmd
+            .arg("--config")
+            .arg(env.setup.config_path())
+            .args(["renew", "--force"]),
+        Mode::Run => cmd.arg("--config").arg(env.agent_config_path()).arg("run"),
+    };
+    cmd.env("RUST_LOG", "certherd=debug")
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(log).unwrap())
+        .process_group(0)
+        .spawn()
+        .expect("start certherd")
+}
+
+/// Waits until no process is left in process group `pgid`.
+fn wait_group_gone(pgid: i32, limit: Duration) -> Result<(), String> {
+    let start = Instant::now();
+    // SAFETY: kill(2) with signal 0 only asks whether the group exists.
+    while unsafe { libc::kill(-pgid, 0) } == 0 {
+        if start.elapsed() > limit {
+            return Err(format!("process group {pgid} still alive after {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// Waits until no process names one of `dirs` on its command line: the
+/// remote script of a killed run's `ssh` (and its `mv`, its reload) go on
+/// after the client dies, detached from sshd, and would be caught half way.
+fn wait_remote_scripts_gone(dirs: &[PathBuf], limit: Duration) -> Result<(), String> {
+    let me = std::process::id().to_string();
+    let needles: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    let start = Instant::now();
+    loop {
+        let busy: Vec<String> = fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str().map(str::to_string))
+            .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()) && *pid != me)
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    // Not the sshd listeners themselves (their config is in the parent folder).
+                    !c.contains("sshd_config") && needles.iter().any(|n| c.contains(n.as_str()))
+                })
+            })
+            .collect();
+        if busy.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            return Err(format!(
+                "remote scripts {busy:?} still running after {limit:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The DER of every certificate in a PEM text.
+fn pem_ders(text: &str) -> Vec<Vec<u8>> {
+    pem::parse_many(text)
+        .map(|v| {
+            v.into_iter()
+                .filter(|p| p.tag() == "CERTIFICATE")
+                .map(|p| p.into_contents())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The public key (the bits of its SubjectPublicKeyInfo) of a certificate.
+fn cert_spki(der: &[u8]) -> Result<Vec<u8>, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    Ok(cert
+        .tbs_certificate
+        .subject_pki
+        .subject_public_key
+        .data
+        .to_vec())
+}
+
+/// The public key of a PEM private key, as [`cert_spki`] gives it.
+fn key_spki(pem_text: &str) -> Result<Vec<u8>, String> {
+    use rcgen::PublicKeyData;
+    let key = rcgen::KeyPair::from_pem(pem_text).map_err(|e| e.to_string())?;
+    Ok(key.der_bytes().to_vec())
+}
+
+/// `Ok(leaf sha256)` when the key file and the certificate file (leaf
+/// first) belong together.
+fn pair_matches(key: &Path, fullchain: &Path) -> Result<String, String> {
+    let key_text = fs::read_to_string(key).map_err(|e| format!("read {}: {e}", key.display()))?;
+    let chain =
+        fs::read_to_string(fullchain).map_err(|e| format!("read {}: {e}", fullchain.display()))?;
+    let ders = pem_ders(&chain);
+    let leaf = ders
+        .first()
+        .ok_or_else(|| format!("{}: no certificate", fullchain.display()))?;
+    let want = cert_spki(leaf).map_err(|e| format!("{}: {e}", fullchain.display()))?;
+    let have = key_spki(&key_text).map_err(|e| format!("{}: {e}", key.display()))?;
+    if want != have {
+        return Err(format!(
+            "{} is not the key of the certificate in {}",
+            key.display(),
+            fullchain.display()
+        ));
+    }
+    Ok(support::sha256_hex(leaf))
+}
+
+/// The certificate folder of `site` in the state directory.
+fn cert_dir(env: &Env) -> Option<PathBuf> {
+    let ca = env.setup.state_dir().join("ca");
+    let ns = fs::read_dir(&ca).ok()?.next()?.ok()?.path();
+    Some(ns.join("certs/site"))
+}
+
+/// Hidden entries (temp files or folders of interrupted writes) in `dir`.
+fn debris(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every stored version's leaf sha256; problems go to `findings`.
+fn check_store(env: &Env, findings: &mut Vec<String>) -> Vec<String> {
+    let mut kept = Vec::new();
+    let Some(dir) = cert_dir(env) else {
+        return kept;
+    };
+    let versions = dir.join("versions");
+    for e in fs::read_dir(&versions).into_iter().flatten() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let v = e.path();
+        for f in ["privkey.pem", "cert.pem", "chain.pem", "fullchain.pem"] {
+            if !v.join(f).is_file() {
+                findings.push(format!("stored version {name} lacks {f}"));
+            }
+        }
+        match pair_matches(&v.join("privkey.pem"), &v.join("fullchain.pem")) {
+            Ok(sha) => kept.push(sha),
+            Err(e) => findings.push(format!("stored version {name}: {e}")),
+        }
+    }
+    match fs::read_link(dir.join("current")) {
+        Ok(target) => {
+            let v = dir.join(&target);
+            if let Err(e) = pair_matches(&v.join("privkey.pem"), &v.join("cert.pem")) {
+                findings.push(format!("current -> {}: {e}", target.display()));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => findings.push(format!("current link: {e}")),
+    }
+    kept
+}
+
+/// What the kill left, on disk and in the log: the phase it landed in.
+fn phase(env: &Env, log: &str, before: &Snapshot) -> &'static str {
+    if let Some(dir) = cert_dir(env) {
+        // A temp version or link this kill left.
+        if store_debris_count(env) > before.store_debris {
+            return "storing";
+        }
+        // A complete new version that `current` does not name yet.
+        let mut names: Vec<String> = fs::read_dir(dir.join("versions"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        let current = fs::read_link(dir.join("current")).ok();
+        if let (Some(newest), Some(current)) = (names.last(), current) {
+            if !current.ends_with(newest) {
+                return "storing";
+            }
+        }
+    }
+    // The last pass only (the agent runs several).
+    let pass = log.rsplit("pass started").next().unwrap_or(log);
+    let seen = |msg: &str| pass.contains(msg);
+    if pass.contains("pass finished") {
+        return "between passes";
+    }
+    if !seen(" due") {
+        return "starting";
+    }
+    if !seen("renewed and stored") {
+        return "issuing";
+    }
+    let targets = env.targets();
+    let deployed = |t: &TargetFiles| {
+        pass.lines()
+            .any(|l| l.contains("deployed") && l.contains(&format!("target={}", t.name)))
+    };
+    if targets.iter().all(deployed) {
+        return "verifying";
+    }
+    // A target whose files are the new ones but that is not yet recorded
+    // as deployed was in its reload.
+    let stored = env
+        .setup
+        .state_dir()
+        .join("ca")
+        .read_dir()
+        .ok()
+        .and_then(|mut r| r.next())
+        .and_then(|e| e.ok())
+        .and_then(|e| fs::read(e.path().join("certs/site/current/fullchain.pem")).ok());
+    let reloading = targets
+        .iter()
+        .any(|t| !deployed(t) && stored.is_some() && fs::read(&t.fullchain).ok() == stored);
+    if reloading {
+        "reloading"
+    } else {
+        "deploying"
+    }
+}
+
+struct Snapshot {
+    store_debris: usize,
+}
+
+fn store_debris_count(env: &Env) -> usize {
+    cert_dir(env)
+        .map(|d| debris(&d.join("versions")).len() + debris(&d).len())
+        .unwrap_or(0)
+}
+
+fn target_debris_count(env: &Env) -> usize {
+    env.target_dirs().iter().map(|d| debris(d).len()).sum()
+}
+
+/// An unkilled run's milestones, as offsets from its start: when it found
+/// the certificate due, stored the new one, recorded each target deployed,
+/// and ended (the agent: finished its first pass).
+struct Timeline {
+    due: Duration,
+    stored: Duration,
+    first_deployed: Duration,
+    last_deployed: Duration,
+    end: Duration,
+}
+
+impl Timeline {
+    /// Stretches of the run to aim kills at, each chosen equally often, so
+    /// that the short ones (storing takes milliseconds) are hit too.
+    fn segments(&self) -> [(Duration, Duration); 5] {
+        let store_start = self.stored.saturating_sub(Duration::from_millis(25));
+        [
+            (Duration::ZERO, self.due),
+            (self.due, store_start),
+            (store_start, self.stored + Duration::from_millis(5)),
+            (self.stored, self.last_deployed),
+            // Not quite to the end: a kill after the exit is no kill.
+            (self.first_deployed, self.end.mul_f64(0.9)),
+        ]
+    }
+
+    fn pick(&self, rng: &mut impl Rng) -> Duration {
+        let (a, b) = self.segments()[rng.random_range(0..5)];
+        let b = b.max(a + Duration::from_millis(1));
+        a + (b - a).mul_f64(rng.random::<f64>())
+    }
+}
+
+/// The offset of a log line's timestamp from `start`.
+fn offset(line: &str, start: std::time::SystemTime) -> Option<Duration> {
+    let ts = line.split_whitespace().next()?;
+    let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()?;
+    let start = time::OffsetDateTime::from(start);
+    Duration::try_from(t - start).ok()
+}
+
+fn timeline(env: &Env, mode: Mode) -> Timeline {
+    let log = env.setup.dir.path().join("calibrate.log");
+    let wall = std::time::SystemTime::now();
+    let start = Instant::now();
+    let mut child = spawn(env, mode, &log);
+    match mode {
+        Mode::Renew => {
+            let status = child.wait().unwrap();
+            assert!(
+                status.success(),
+                "unkilled renew --force failed:\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        Mode::Run => {
+            while !fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("pass finished")
+            {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "the agent finished no pass within 60s:\n{}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // SAFETY: SIGKILL to the process group of the child we spawned.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            wait_group_gone(child.id() as i32, Duration::from_secs(10)).unwrap();
+        }
+    }
+    let end = start.elapsed();
+    let text = fs::read_to_string(&log).unwrap();
+    let at = |msg: &str| {
+        text.lines()
+            .filter(|l| l.contains(msg))
+            .filter_map(|l| offset(l, wall))
+            .collect::<Vec<_>>()
+    };
+    let first = |msg: &str| {
+        *at(msg)
+            .first()
+            .unwrap_or_else(|| panic!("no {msg:?} in the unkilled run's log:\n{text}"))
+    };
+    let deployed = at("deployed certificate=");
+    Timeline {
+        due: first(" due certificate="),
+        stored: first("renewed and stored"),
+        first_deployed: *deployed.first().expect("a target deployed"),
+        last_deployed: *deployed.last().unwrap(),
+        end,
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+#[ignore = "minutes long: run it with scripts/crash-test"]
+fn sigkill_at_random_moments_loses_and_mismatches_no_key() {
+    let iterations: usize = env_or("CRASH_ITERATIONS", 50);
+    let seed: u64 = env_or(
+        "CRASH_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    );
+    // Optional: stop early once this many kills landed.
+    let stop_after_kills: usize = env_or("CRASH_KILLS", usize::MAX);
+    eprintln!("crash harness: {iterations} iterations, seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let env = Env::start();
+    let started = Instant::now();
+
+    // An unkilled first run puts a certificate everywhere; then calibrate.
+    run(&env, &["renew"]).assert_code(0);
+    let renew_line = timeline(&env, Mode::Renew);
+    let run_line = timeline(&env, Mode::Run);
+    run(&env, &["renew"]).assert_code(0);
+    let (renew_time, run_time) = (renew_line.end, run_line.end);
+    eprintln!("unkilled: renew --force {renew_time:?}, run's first pass {run_time:?}");
+    if std::env::var_os("CRASH_VERBOSE").is_some() {
+        let calibrate = env.setup.dir.path().join("calibrate.log");
+        eprintln!("{}", fs::read_to_string(calibrate).unwrap_or_default());
+    }
+
+    let remote_dirs: Vec<PathBuf> = env.hosts.iter().map(|h| h.sshd.remote_dir()).collect();
+    let mut findings: Vec<String> = Vec::new();
+    let mut phases: BTreeMap<(Mode, &'static str), usize> = BTreeMap::new();
+    let mut kills = 0usize;
+    let mut exited_first = 0usize;
+    let mut max_target_debris = 0usize;
+    let mut max_store_debris = 0usize;
+    let log = env.setup.dir.path().join("killed.log");
+    for i in 0..iterations {
+        if kills >= stop_after_kills {
+            break;
+        }
+        assert!(
+            env.setup.config_path().exists(),
+            "the scratch folder {} was removed by something else; set TMPDIR elsewhere",
+            env.setup.dir.path().display()
+        );
+        let mode = if rng.random_bool(0.5) {
+            Mode::Renew
+        } else {
+            Mode::Run
+        };
+        // Aimed at one of the run's stretches (see `Timeline::segments`);
+        // one agent kill in five lands anywhere in its first two passes.
+        let delay = match mode {
+            Mode::Renew => renew_line.pick(&mut rng),
+            Mode::Run if rng.random_bool(0.2) => run_time.mul_f64(2.0 * rng.random::<f64>()),
+            Mode::Run => run_line.pick(&mut rng),
+        };
+        let whole_group = rng.random_bool(0.5);
+        let before = Snapshot {
+            store_debris: store_debris_count(&env),
+        };
+        let mut child = spawn(&env, mode, &log);
+        let pgid = child.id() as i32;
+        std::thread::sleep(delay);
+        let finished = child.try_wait().unwrap().is_some();
+        // SAFETY: SIGKILL to the child we spawned (or its own process group).
+        unsafe {
+            if whole_group {
+                libc::kill(-pgid, libc::SIGKILL);
+            } else {
+                libc::kill(pgid, libc::SIGKILL);
+            }
+        }
+        let _ = child.wait();
+        let mut problems = Vec::new();
+        if !whole_group {
+            // Its children (ssh, reload commands) finish on their own.
+            if let Err(e) = wait_group_gone(pgid, Duration::from_secs(70)) {
+                problems.push(e);
+            }
+        }
+        if let Err(e) = wait_remote_scripts_gone(&remote_dirs, Duration::from_secs(30)) {
+            problems.push(e);
+        }
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        let where_ = if finished {
+            exited_first += 1;
+            "exited before the kill"
+        } else {
+            kills += 1;
+            phase(&env, &text, &before)
+        };
+        *phases.entry((mode, where_)).or_default() += 1;
+
+        // The store loads through certherd itself.
+        let status = run(&env, &["status", "--json", "--offline"]);
+        if serde_json::from_str::<serde_json::Value>(&status.stdout).is_err() {
+            problems.push(format!(
+                "status --json --offline: exit {}, not JSON:\n{}",
+                status.code,
+                status.all()
+            ));
+        }
+        let kept = check_store(&env, &mut problems);
+        for t in env.targets() {
+            match pair_matches(&t.key, &t.fullchain) {
+                Ok(sha) if kept.contains(&sha) => {}
+                Ok(sha) => problems.push(format!(
+                    "target {}: holds {sha}, which the store no longer keeps",
+                    t.name
+                )),
+                Err(e) => problems.push(format!("target {}: {e}", t.name)),
+            }
+        }
+        max_store_debris = max_store_debris.max(store_debris_count(&env));
+        max_target_debris = max_target_debris.max(target_debris_count(&env));
+
+        // The next unkilled run completes and ends verified.
+        let next = run(&env, &["renew"]);
+        if next.code != 0 {
+            problems.push(format!(
+                "the next renew exited {}:\n{}",
+                next.code,
+                next.all()
+            ));
+        } else {
+            let current = fs::read(cert_dir(&env).unwrap().join("current/fullchain.pem")).unwrap();
+            for t in env.targets() {
+                if fs::read(&t.fullchain).ok().as_ref() != Some(&current) {
+                    problems.push(format!(
+                        "after the next renew, target {} does not hold the current certificate",
+                        t.name
+                    ));
+                }
+                if let Err(e) = pair_matches(&t.key, &t.fullchain) {
+                    problems.push(format!("after the next renew, target {}: {e}", t.name));
+                }
+            }
+            if !next.stdout.contains("web (file): ") || next.stdout.contains("FAILED") {
+                problems.push(format!("the next renew's report:\n{}", next.stdout));
+            }
+        }
+        let how = if whole_group { "group" } else { "process" };
+        if !problems.is_empty() {
+            let entry = format!(
+                "iteration {i} ({mode:?}, kill {how} after {delay:?}, phase {where_}):\n  {}\n--- killed run's log\n{text}",
+                problems.join("\n  ")
+            );
+            eprintln!("FINDING {entry}");
+            findings.push(entry);
+        }
+        if (i + 1) % 25 == 0 {
+            eprintln!(
+                "{} iterations, {kills} kills, {} findings, {:?}",
+                i + 1,
+                findings.len(),
+                started.elapsed()
+            );
+        }
+    }
+
+    let done = phases.values().sum::<usize>();
+    let mut summary = format!(
+        "seed {seed}; {done} iterations in {:.0?}: {kills} kills, {exited_first} runs \
+         that ended before their kill; unkilled renew --force {renew_time:.2?}, run's first \
+         pass {run_time:.2?}\nphases:\n",
+        started.elapsed()
+    );
+    for ((mode, p), n) in &phases {
+        summary.push_str(&format!("  {mode:?} {p}: {n}\n"));
+    }
+    summary.push_str(&format!(
+        "most temp entries left at once: state directory {max_store_debris}, target folders {max_target_debris}\n\
+         findings: {}\n",
+        findings.len()
+    ));
+    for f in &findings {
+        summary.push_str(&format!("- {}\n", f.lines().next().unwrap_or_default()));
+        for l in f.lines().skip(1).take_while(|l| !l.starts_with("---")) {
+            summary.push_str(&format!("  {l}\n"));
+        }
+    }
+    eprintln!("{summary}");
+    if let Ok(path) = std::env::var("CRASH_SUMMARY") {
+        fs::write(path, &summary).unwrap();
+    }
+    assert!(findings.is_empty(), "{} findings (above)", findings.len());
+}
