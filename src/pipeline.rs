@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
+use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::acme::{self, ari, http::AcmeHttp, solver::Solvers, IssueError, OrderRequest};
@@ -36,6 +37,9 @@ const NO_CERTIFICATE: &str = "no certificate yet: run `certherd renew` first";
 const CERT_CONCURRENCY: usize = 8;
 /// Targets deployed at once within a certificate.
 const TARGET_CONCURRENCY: usize = 8;
+/// How long a CA found to offer no ARI is believed before its directory
+/// is read again.
+const ARI_SUPPORT_RECHECK: time::Duration = time::Duration::days(1);
 /// The quick look `renew` takes at a target it does not need to change.
 const QUICK_VERIFY: Duration = Duration::from_secs(3);
 
@@ -261,6 +265,14 @@ async fn ari_states(
     if candidates.is_empty() {
         return states;
     }
+    // A CA whose directory offered no ARI is asked again after a day, not
+    // on every pass (a pass with nothing due then needs no network).
+    let unsupported_since = store
+        .ari_unsupported_since()
+        .and_then(|t| OffsetDateTime::parse(&t, &Rfc3339).ok());
+    if unsupported_since.is_some_and(|t| now - t < ARI_SUPPORT_RECHECK && t <= now) {
+        return states;
+    }
     let refreshed = ari::refresh(
         &config.acme.trust_roots,
         &config.acme.directory,
@@ -268,6 +280,17 @@ async fn ari_states(
         now,
     )
     .await;
+    if save {
+        let unsupported = refreshed
+            .iter()
+            .all(|r| matches!(r, ari::Refreshed::Unsupported));
+        let memo = unsupported.then(|| rfc3339(now));
+        if memo.is_some() || unsupported_since.is_some() {
+            if let Err(e) = store.save_ari_unsupported(memo) {
+                tracing::warn!(error = %e, "could not record whether the CA offers ARI");
+            }
+        }
+    }
     for (k, r) in refreshed.into_iter().enumerate() {
         let i = index[k];
         if let (ari::Refreshed::Fetched(record), true) = (&r, save) {

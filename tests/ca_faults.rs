@@ -410,3 +410,44 @@ fn half_of_all_nonces_rejected_never_fails_an_issuance() {
         "Pebble rejected no nonce: the test proves nothing"
     );
 }
+
+/// Pebble offers no ARI: a pass finds that out from the directory and
+/// remembers it for a day, so a pass with nothing due does not contact
+/// the CA at all.
+#[test]
+fn a_pass_with_nothing_due_does_not_contact_a_ca_without_ari() {
+    let env = Env::start(PebbleOptions::default(), 2);
+    env.run(&["renew"]).0.assert_code(0);
+    // The first pass with certificates to ask about reads the directory.
+    env.proxy.forget_requests();
+    let (first, _) = env.run(&["renew"]);
+    first.assert_code(0);
+    assert_eq!(
+        env.proxy.requests().len(),
+        1,
+        "one directory read: {:?}",
+        env.proxy.requests()
+    );
+    let memo = std::fs::read_dir(env.setup.state_dir().join("ca"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("ari-unsupported.json");
+    assert!(memo.exists(), "the first pass remembers the CA has no ARI");
+    env.proxy.forget_requests();
+    let (second, _) = env.run(&["renew"]);
+    second.assert_code(0);
+    assert!(
+        second.stdout.contains("site [site.certherd.test]: not due"),
+        "{}",
+        second.stdout
+    );
+    assert_eq!(env.proxy.requests().len(), 0, "{:?}", env.proxy.requests());
+
+    // `--force` orders (and so talks to the CA) whatever the memo says.
+    let (forced, _) = env.run(&["renew", "--force", "--cert", "site"]);
+    forced.assert_code(0);
+    assert!(!env.new_orders().is_empty());
+}

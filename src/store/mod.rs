@@ -489,6 +489,37 @@ impl Store {
         let p = self.ari_path(cert)?;
         write_json(&p, record).map_err(io_err(&p))
     }
+
+    /// When the CA's directory was last found to offer no ARI (RFC 3339),
+    /// if it was.
+    pub fn ari_unsupported_since(&self) -> Option<String> {
+        let p = self.ns.join(ARI_UNSUPPORTED_FILE);
+        read_json::<AriUnsupported>(&p)
+            .ok()
+            .flatten()
+            .map(|r| r.checked_at)
+    }
+
+    /// Remember that the CA offers no ARI (`Some(when)`), or forget it.
+    pub fn save_ari_unsupported(&self, checked_at: Option<String>) -> Result<(), StoreError> {
+        self.assert_writable();
+        let p = self.ns.join(ARI_UNSUPPORTED_FILE);
+        match checked_at {
+            Some(checked_at) => write_json(&p, &AriUnsupported { checked_at }).map_err(io_err(&p)),
+            None => match fs::remove_file(&p) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&p)(e)),
+                _ => Ok(()),
+            },
+        }
+    }
+}
+
+/// The CA's directory had no `renewalInfo` when last asked.
+const ARI_UNSUPPORTED_FILE: &str = "ari-unsupported.json";
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct AriUnsupported {
+    checked_at: String,
 }
 
 /// The path of a file that belongs to one CA's namespace, beside its
