@@ -511,6 +511,11 @@ pub async fn preflight(t: &HaproxyTarget) -> Vec<String> {
         timeout: t.timeout,
     };
     let ctx = |p: Problem| format!("socket {} (certificate {}): {p}", t.socket, t.cert_name);
+    // HAProxy answers a second certificate command that arrives while one
+    // is in progress with "currently locked": one at a time per socket, as
+    // for deployments (a dry run checks its targets concurrently).
+    let lock = socket_lock(&t.socket);
+    let _held = lock.lock().await;
     match api.level().await {
         Err(p) => {
             problems.push(ctx(p));
