@@ -7,34 +7,14 @@
 mod support;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use support::haproxy::Haproxy;
-use support::run::{mode, stored_sha256, Setup, SITE};
+use support::run::{mode, site_config, stored_dir, stored_sha256, Setup, SITE};
 use support::{served_leaf_sha256, sha256_tree, Pebble, PebbleOptions};
 
 fn config(pebble: &Pebble, setup: &Setup, targets: &str) -> String {
-    format!(
-        r#"state_dir: {state}
-acme:
-  directory: {dir}
-  contact: [ops@certherd.test]
-  trust_roots: [{root}]
-challenges:
-  standalone:
-    type: http-01
-    listen: "127.0.0.1:{http}"
-certificates:
-  site:
-    domains: [{SITE}]
-    challenge: standalone
-    targets:
-{targets}"#,
-        state = setup.state_dir().display(),
-        dir = pebble.directory_url(),
-        root = pebble.ca_tls_root_path().display(),
-        http = pebble.http_port(),
-    )
+    site_config(pebble, setup, &[SITE], targets)
 }
 
 fn haproxy_target(name: &str, socket: &Path, combined: &Path, extra: &str) -> String {
@@ -47,13 +27,6 @@ fn haproxy_target(name: &str, socket: &Path, combined: &Path, extra: &str) -> St
         socket = socket.display(),
         combined = combined.display(),
     )
-}
-
-/// The stored current certificate's directory.
-fn stored_dir(setup: &Setup) -> PathBuf {
-    let ca = setup.state_dir().join("ca");
-    let ns = fs::read_dir(&ca).unwrap().next().unwrap().unwrap().path();
-    ns.join("certs/site/current")
 }
 
 #[test]

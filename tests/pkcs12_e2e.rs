@@ -7,46 +7,19 @@
 mod support;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use support::process::run_with_timeout;
-use support::run::{mode, stored_sha256, Setup, SITE};
+use support::run::{mode, site_config, stored_dir, stored_sha256, Setup, SITE};
 use support::sshd::Sshd;
 use support::{find_binary, leaf_sha256_of_pem, Pebble, PebbleOptions};
 
 const PASSWORD: &str = "p12-secret-never-printed-7f3a";
 
 fn config(pebble: &Pebble, setup: &Setup, targets: &str) -> String {
-    format!(
-        r#"state_dir: {state}
-acme:
-  directory: {dir}
-  contact: [ops@certherd.test]
-  trust_roots: [{root}]
-challenges:
-  standalone:
-    type: http-01
-    listen: "127.0.0.1:{http}"
-certificates:
-  site:
-    domains: [{SITE}]
-    challenge: standalone
-    targets:
-{targets}"#,
-        state = setup.state_dir().display(),
-        dir = pebble.directory_url(),
-        root = pebble.ca_tls_root_path().display(),
-        http = pebble.http_port(),
-    )
-}
-
-/// The directory of the stored current certificate of `site`.
-fn stored_dir(setup: &Setup) -> PathBuf {
-    let ca = setup.state_dir().join("ca");
-    let ns = fs::read_dir(&ca).unwrap().next().unwrap().unwrap().path();
-    ns.join("certs/site/current")
+    site_config(pebble, setup, &[SITE], targets)
 }
 
 /// `openssl pkcs12 -in FILE -passin env:P12_PASS ARGS…` with `password`.

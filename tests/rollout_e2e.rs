@@ -9,7 +9,7 @@ mod support;
 use std::fs;
 use std::path::PathBuf;
 
-use support::run::{status_json, stored_sha256, yaml_list, Setup, SITE};
+use support::run::{site_config, status_json, stored_sha256, yaml_list, Setup, SITE};
 use support::sshd::Sshd;
 use support::Nginx;
 use support::{Pebble, PebbleOptions};
@@ -80,27 +80,11 @@ fn config(
         .iter()
         .map(|h| h.yaml(broken == Some(h.name.as_str())))
         .collect();
-    format!(
-        r#"state_dir: {state}
-acme:
-  directory: {dir}
-  contact: [ops@certherd.test]
-  trust_roots: [{root}]
-challenges:
-  standalone:
-    type: http-01
-    listen: "127.0.0.1:{http}"
-certificates:
-  site:
-    domains: [{SITE}]
-    challenge: standalone
-    targets:
-{targets}    rollout:
-{rollout}"#,
-        state = setup.state_dir().display(),
-        dir = pebble.directory_url(),
-        root = pebble.ca_tls_root_path().display(),
-        http = pebble.http_port(),
+    site_config(
+        pebble,
+        setup,
+        &[SITE],
+        &format!("{targets}    rollout:\n{rollout}"),
     )
 }
 

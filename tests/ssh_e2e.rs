@@ -6,10 +6,12 @@
 mod support;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use support::run::{mode, stored_sha256, yaml_list, Setup, SITE};
+use support::run::{
+    mode, names_in, site_config, stored_dir, stored_sha256, yaml_list, Setup, SITE,
+};
 use support::sshd::Sshd;
 use support::{sha256_tree, Pebble, PebbleOptions};
 
@@ -69,43 +71,7 @@ impl<'a> Host<'a> {
 
 fn config(pebble: &Pebble, setup: &Setup, hosts: &[Host]) -> String {
     let targets: String = hosts.iter().map(Host::yaml).collect();
-    format!(
-        r#"state_dir: {state}
-acme:
-  directory: {dir}
-  contact: [ops@certherd.test]
-  trust_roots: [{root}]
-challenges:
-  standalone:
-    type: http-01
-    listen: "127.0.0.1:{http}"
-certificates:
-  site:
-    domains: [{SITE}]
-    challenge: standalone
-    targets:
-{targets}"#,
-        state = setup.state_dir().display(),
-        dir = pebble.directory_url(),
-        root = pebble.ca_tls_root_path().display(),
-        http = pebble.http_port(),
-    )
-}
-
-/// The directory of the stored current certificate of `site`.
-fn stored_dir(setup: &Setup) -> PathBuf {
-    let ca = setup.state_dir().join("ca");
-    let ns = fs::read_dir(&ca).unwrap().next().unwrap().unwrap().path();
-    ns.join("certs/site/current")
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
+    site_config(pebble, setup, &[SITE], &targets)
 }
 
 #[test]

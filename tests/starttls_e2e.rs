@@ -12,31 +12,11 @@ use std::time::Duration;
 
 use support::mail::{Dovecot, Exim};
 use support::process::run_with_timeout;
-use support::run::{status_json, stored_sha256, yaml_list, Setup, SITE};
+use support::run::{site_config, status_json, stored_sha256, yaml_list, Setup, SITE};
 use support::{find_binary, leaf_sha256_of_pem, Pebble, PebbleOptions};
 
 fn config(pebble: &Pebble, setup: &Setup, targets: &str) -> String {
-    format!(
-        r#"state_dir: {state}
-acme:
-  directory: {dir}
-  contact: [ops@certherd.test]
-  trust_roots: [{root}]
-challenges:
-  standalone:
-    type: http-01
-    listen: "127.0.0.1:{http}"
-certificates:
-  site:
-    domains: [{SITE}]
-    challenge: standalone
-    targets:
-{targets}"#,
-        state = setup.state_dir().display(),
-        dir = pebble.directory_url(),
-        root = pebble.ca_tls_root_path().display(),
-        http = pebble.http_port(),
-    )
+    site_config(pebble, setup, &[SITE], targets)
 }
 
 /// What `openssl s_client -starttls PROTO` is served at `addr`: the leaf's SHA-256.

@@ -11,7 +11,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::run::{status_json, stored_sha256, yaml_list, Run, Setup};
+use support::run::{names_in, status_json, stored_sha256, yaml_list, Run, Setup};
 use support::tmpfs::{Tmpfs, FILLER};
 use support::{leaf_sha256_of_pem, sha256_tree, Pebble, PebbleOptions};
 
@@ -48,15 +48,6 @@ fn target_line<'r>(run: &'r Run, name: &str) -> &'r str {
 /// The SHA-256 of the leaf in `dir/fullchain.pem`.
 fn deployed_sha256(dir: &Path) -> String {
     leaf_sha256_of_pem(&std::fs::read_to_string(dir.join("fullchain.pem")).unwrap())
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 /// Two file targets of `site`: `faulty`, where the fault is, and `healthy`.

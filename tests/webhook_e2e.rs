@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use support::receiver::{Receiver, Reply};
-use support::run::{Run, Setup, SITE};
+use support::run::{site_config, stored_dir, Run, Setup, SITE};
 use support::{certherd_cmd, Pebble, PebbleOptions};
 
 const TOKEN: &str = "Bearer webhook-token-never-logged";
@@ -30,27 +30,7 @@ fn webhook_target(name: &str, rx: &Receiver) -> String {
 }
 
 fn config(pebble: &Pebble, setup: &Setup, targets: &str) -> String {
-    format!(
-        r#"state_dir: {state}
-acme:
-  directory: {dir}
-  contact: [ops@certherd.test]
-  trust_roots: [{root}]
-challenges:
-  standalone:
-    type: http-01
-    listen: "127.0.0.1:{http}"
-certificates:
-  site:
-    domains: [{SITE}, www.{SITE}]
-    challenge: standalone
-    targets:
-{targets}"#,
-        state = setup.state_dir().display(),
-        dir = pebble.directory_url(),
-        root = pebble.ca_tls_root_path().display(),
-        http = pebble.http_port(),
-    )
+    site_config(pebble, setup, &[SITE, &format!("www.{SITE}")], targets)
 }
 
 fn run_with_token(setup: &Setup, args: &[&str]) -> Run {
@@ -69,12 +49,6 @@ fn subdir(setup: &Setup, name: &str) -> PathBuf {
     let dir = setup.dir.path().join(name);
     fs::create_dir(&dir).unwrap();
     dir
-}
-
-fn stored_dir(setup: &Setup) -> PathBuf {
-    let ca = setup.state_dir().join("ca");
-    let ns = fs::read_dir(&ca).unwrap().next().unwrap().unwrap().path();
-    ns.join("certs/site/current")
 }
 
 #[test]

@@ -119,6 +119,57 @@ certificates:
     )
 }
 
+/// A configuration with one certificate, `site`, for `domains`, issued by
+/// `pebble` through the built-in http-01 responder, whose `targets:` list
+/// is `targets` (YAML list items indented by six spaces; anything after
+/// them at four spaces, such as `rollout:`, belongs to the certificate).
+pub fn site_config(pebble: &Pebble, setup: &Setup, domains: &[&str], targets: &str) -> String {
+    format!(
+        r#"state_dir: {state}
+acme:
+  directory: {dir}
+  contact: [ops@certherd.test]
+  trust_roots: [{root}]
+challenges:
+  standalone:
+    type: http-01
+    listen: "127.0.0.1:{http}"
+certificates:
+  site:
+    domains: [{domains}]
+    challenge: standalone
+    targets:
+{targets}"#,
+        state = setup.state_dir().display(),
+        dir = pebble.directory_url(),
+        root = pebble.ca_tls_root_path().display(),
+        http = pebble.http_port(),
+        domains = domains.join(", "),
+    )
+}
+
+/// The folder of the stored current certificate of `site`.
+pub fn stored_dir(setup: &Setup) -> PathBuf {
+    let ca = setup.state_dir().join("ca");
+    let ns = std::fs::read_dir(&ca)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    ns.join("certs/site/current")
+}
+
+/// The names in `dir`, sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 pub fn status_json(setup: &Setup, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["status", "--json"];
     args.extend_from_slice(extra);
