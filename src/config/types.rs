@@ -498,7 +498,7 @@ impl HaproxyTarget {
 }
 
 /// Where HAProxy's runtime API listens.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HaproxySocket {
     /// A unix socket (absolute path).
     Unix(PathBuf),

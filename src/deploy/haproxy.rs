@@ -23,11 +23,10 @@
 //! name our certificate, and certherd's own updates of one HAProxy are done
 //! one after another ([`socket_lock`]).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -380,10 +379,8 @@ fn same_serial(a: &str, b: &str) -> bool {
 /// Every update of one HAProxy by this process runs under its lock: HAProxy
 /// has one certificate transaction at a time.
 fn socket_lock(socket: &HaproxySocket) -> Arc<tokio::sync::Mutex<()>> {
-    static LOCKS: LazyLock<Mutex<HashMap<HaproxySocket, Arc<tokio::sync::Mutex<()>>>>> =
-        LazyLock::new(Default::default);
-    let mut locks = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
-    locks.entry(socket.clone()).or_default().clone()
+    static LOCKS: super::KeyedLocks<HaproxySocket> = super::KeyedLocks::new();
+    LOCKS.get(socket)
 }
 
 /// Stage the combined PEM beside its destination (blocking I/O off the runtime).
@@ -533,6 +530,7 @@ pub async fn preflight(t: &HaproxyTarget) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
     #[test]
     fn payload_has_no_empty_line_that_would_end_it_early() {

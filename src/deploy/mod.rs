@@ -123,10 +123,7 @@ pub fn holds(target: &TargetConfig, bundle: &Bundle) -> Option<bool> {
 /// while they are being swapped (a new key beside the old certificate).
 /// `None` for a target without `reload`. Verification is not serialized.
 pub async fn service_lock(t: &TargetConfig) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-    use std::collections::HashMap;
-    use std::sync::{Arc, LazyLock, Mutex};
-    type Locks = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
-    static LOCKS: LazyLock<Locks> = LazyLock::new(Default::default);
+    static LOCKS: KeyedLocks<String> = KeyedLocks::new();
     let reload = t.reload.as_ref()?;
     let host = match &t.kind {
         TargetKind::Ssh(s) => format!(
@@ -138,13 +135,25 @@ pub async fn service_lock(t: &TargetConfig) -> Option<tokio::sync::OwnedMutexGua
         _ => "local".to_string(),
     };
     let key = format!("{host} {:?}", reload.argv);
-    let lock = LOCKS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(key)
-        .or_default()
-        .clone();
-    Some(lock.lock_owned().await)
+    Some(LOCKS.get(&key).lock_owned().await)
+}
+
+/// Async locks by key, made on first use and kept for the life of the
+/// process (there are a handful: one per service or HAProxy).
+pub(crate) struct KeyedLocks<K>(
+    std::sync::Mutex<std::collections::BTreeMap<K, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+);
+
+impl<K: Ord + Clone> KeyedLocks<K> {
+    pub(crate) const fn new() -> Self {
+        KeyedLocks(std::sync::Mutex::new(std::collections::BTreeMap::new()))
+    }
+
+    /// The lock of `key`: the same one for every caller with an equal key.
+    pub(crate) fn get(&self, key: &K) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(key.clone()).or_default().clone()
+    }
 }
 
 /// Run the target's reload command, if it has one (an ssh target's on its
