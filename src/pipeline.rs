@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 
 use crate::acme::{self, ari, http::AcmeHttp, solver::Solvers, IssueError, OrderRequest};
 use crate::cert::{rfc3339, Bundle};
-use crate::config::{CertificateConfig, Config, OnFailure, TargetConfig};
+use crate::config::{CertificateConfig, Config, OnFailure, TargetConfig, TargetKind};
 use crate::deploy::{self, BundleFiles};
 use crate::plan::{self, CertPlan};
 use crate::report::{
@@ -1079,7 +1079,15 @@ async fn target_status(t: &TargetConfig, current: Option<&Bundle>, offline: bool
             if let Some(holds) = deploy::holds(t, bundle) {
                 s.state = if holds { "current" } else { "stale" };
                 if !holds {
-                    s.error = Some("its files do not hold the current certificate".into());
+                    let laid_out = match &t.kind {
+                        TargetKind::File(f) => deploy::file::laid_out(f),
+                        _ => true,
+                    };
+                    s.error = Some(if laid_out {
+                        "its files do not hold the current certificate".into()
+                    } else {
+                        "its files are not laid out as its `layout` says".into()
+                    });
                 }
             }
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use certherd::config::{
     load, load_str, ChallengeChoice, CommandSpec, Dns01, DnsBackend, DnsExec, EventKind,
-    ExecTarget, FileSet, FileTarget, HaproxySocket, KeyType, MetricsConfig, NotifierConfig,
+    ExecTarget, FileSet, FileTarget, HaproxySocket, KeyType, Layout, MetricsConfig, NotifierConfig,
     NotifierKind, OnFailure, Pkcs12File, RenewalPolicy, Rfc2136, Rollout, Secret, Solver,
     SshTarget, Starttls, TargetConfig, TargetKind, Text, Threshold, Tsig, TsigAlgorithm,
     VerifyConfig, WebhookFormat,
@@ -89,7 +89,7 @@ fn unknown_key_in_a_target_lists_the_allowed_keys() {
         &[
             "/etc/certherd/certherd.yaml:14:9: unknown key `fullchian` in target \"web1\" \
            (expected one of: name, type, cert, chain, fullchain, key, combined, pkcs12, pkcs12_password, pkcs12_name, mode, owner, \
-           group, reload, reload_timeout, verify)",
+           group, layout, reload, reload_timeout, verify)",
         ],
     );
 }
@@ -546,7 +546,7 @@ certificates:
              one of cert, chain, fullchain, key, combined, pkcs12",
             "/etc/certherd/certherd.yaml:29:9: unknown key `colour` in target \"web1\" (expected \
              one of: name, type, cert, chain, fullchain, key, combined, pkcs12, pkcs12_password, pkcs12_name, mode, owner, group, \
-             reload, reload_timeout, verify)",
+             layout, reload, reload_timeout, verify)",
         ],
     );
 }
@@ -806,7 +806,7 @@ certificates:
              cert, chain, fullchain, key, combined, pkcs12",
             "/etc/certherd/certherd.yaml:20:9: unknown key `fullchian` in target \"web1\" \
              (expected one of: name, type, cert, chain, fullchain, key, combined, pkcs12, pkcs12_password, pkcs12_name, mode, owner, \
-             group, reload, reload_timeout, verify)",
+             group, layout, reload, reload_timeout, verify)",
             "/etc/certherd/certherd.yaml:22:28: `connect` must be host:port, like 127.0.0.1:443 or \
              [::1]:443, not \"127.0.0.1\"",
             "/etc/certherd/certherd.yaml:25:16: certificate \"second\" uses challenge \"bind\", \
@@ -976,6 +976,7 @@ certificates:
                     mode: 0o640,
                     owner: Some("root".to_string()),
                     group: Some("ssl-cert".to_string()),
+                    layout: Layout::Files,
                 }),
                 reload: Some(CommandSpec {
                     argv: vec!["systemctl".into(), "reload".into(), "nginx".into()],
@@ -1763,6 +1764,7 @@ fn pkcs12_loads_with_its_password_and_name() {
             mode: 0o600,
             owner: None,
             group: None,
+            layout: Layout::Files,
         }),
         "relative to the configuration; named after the certificate; 0600"
     );
@@ -1880,6 +1882,26 @@ fn verify_starttls_loads_and_must_be_a_known_protocol() {
              postgres, not \"ldap\"",
             "/etc/certherd/certherd.yaml:23:21: `starttls` must be one of: smtp, imap, pop3, \
              postgres, not a list",
+        ],
+    );
+}
+
+#[test]
+fn layout_is_files_or_links_and_only_where_files_are_written() {
+    let src = with_head(
+        "    targets:
+      - { name: web1, type: file, fullchain: /etc/tls/a.pem, layout: symlinks }
+      - { name: web2, type: file, fullchain: /etc/tls/b.pem, layout: links }
+      - { name: lb, type: haproxy, socket: /run/haproxy.sock, combined: /etc/tls/c.pem, layout: links }
+",
+    );
+    assert_errors(
+        &src,
+        &[
+            "/etc/certherd/certherd.yaml:12:70: `layout` must be files or links, not \"symlinks\"",
+            "/etc/certherd/certherd.yaml:14:89: unknown key `layout` in target \"lb\" (expected \
+             one of: name, type, socket, combined, cert_name, mode, owner, group, timeout, reload, \
+             reload_timeout, verify)",
         ],
     );
 }

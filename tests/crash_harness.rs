@@ -19,6 +19,10 @@
 //!    verified serving the current certificate, and every target's files
 //!    are then the current certificate's.
 //!
+//! The `file` and `ssh` targets use `layout: links` (one rename switches
+//! key and certificate together); `CRASH_LAYOUT=files` runs them as plain
+//! files instead, whose two renames leave a window a kill can land in.
+//!
 //! The phase each kill landed in is read from the killed run's log and
 //! what the kill left on disk. Every finding is printed; the test fails if
 //! there is any. Environment: `CRASH_ITERATIONS` (default 50),
@@ -116,8 +120,10 @@ impl Env {
         known_hosts: {kh}
         fullchain: {fullchain}
         key: {key}
+        layout: {layout}
         reload: {reload}
 ",
+                layout = layout(),
                 name = h.name,
                 port = h.sshd.port(),
                 id = h.sshd.client_key_path().display(),
@@ -152,12 +158,14 @@ certificates:
         type: file
         fullchain: {cert}
         key: {key}
+        layout: {layout}
         reload: {reload}
         verify:
           connect: "{addr}"
           server_name: {SITE}
           timeout: 10s
 {ssh}"#,
+            layout = layout(),
             state = self.setup.state_dir().display(),
             dir = self.pebble.directory_url(),
             root = self.pebble.ca_tls_root_path().display(),
@@ -352,16 +360,39 @@ fn cert_dir(env: &Env) -> Option<PathBuf> {
     Some(ns.join("certs/site"))
 }
 
-/// Hidden entries (temp files or folders of interrupted writes) in `dir`.
+/// `links` (the default) or `files`: the `layout` of the file and ssh targets.
+fn layout() -> String {
+    std::env::var("CRASH_LAYOUT").unwrap_or_else(|_| "links".into())
+}
+
+/// Hidden entries (temp files or folders of interrupted writes) in `dir`;
+/// in the folder of a `links` target, anything beside `current` and the
+/// version it names.
 fn debris(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default()
+    let mut found = Vec::new();
+    for e in fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".certherd") {
+            let current = fs::read_link(e.path().join("current")).ok();
+            for v in fs::read_dir(e.path())
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.ok())
+            {
+                let n = v.file_name();
+                if n != "current" && current.as_deref() != Some(Path::new(&n)) {
+                    found.push(format!("{name}/{}", n.to_string_lossy()));
+                }
+            }
+        } else if name.starts_with('.') {
+            found.push(name);
+        }
+    }
+    found
 }
 
 /// Every stored version's leaf sha256; problems go to `findings`.
@@ -720,6 +751,18 @@ fn sigkill_at_random_moments_loses_and_mismatches_no_key() {
                 if let Err(e) = pair_matches(&t.key, &t.fullchain) {
                     problems.push(format!("after the next renew, target {}: {e}", t.name));
                 }
+                let links = layout() == "links";
+                for p in [&t.key, &t.fullchain] {
+                    let is_link = fs::symlink_metadata(p).is_ok_and(|m| m.is_symlink());
+                    if is_link != links {
+                        problems.push(format!(
+                            "after the next renew, {} is {}a link (layout {})",
+                            p.display(),
+                            if is_link { "" } else { "not " },
+                            layout()
+                        ));
+                    }
+                }
             }
             if !next.stdout.contains("web (file): ") || next.stdout.contains("FAILED") {
                 problems.push(format!("the next renew's report:\n{}", next.stdout));
@@ -746,9 +789,10 @@ fn sigkill_at_random_moments_loses_and_mismatches_no_key() {
 
     let done = phases.values().sum::<usize>();
     let mut summary = format!(
-        "seed {seed}; {done} iterations in {:.0?}: {kills} kills, {exited_first} runs \
+        "seed {seed}, layout {}; {done} iterations in {:.0?}: {kills} kills, {exited_first} runs \
          that ended before their kill; unkilled renew --force {renew_time:.2?}, run's first \
          pass {run_time:.2?}\nphases:\n",
+        layout(),
         started.elapsed()
     );
     for ((mode, p), n) in &phases {

@@ -509,3 +509,73 @@ fn second_writer_is_refused_while_the_first_holds_the_lock() {
     );
     assert!(waited >= Duration::from_secs(10));
 }
+
+#[test]
+fn layout_links_serves_through_links_and_switches_back_to_files() {
+    let pebble = Pebble::start(PebbleOptions::default());
+    let nginx = Nginx::start();
+    let setup = Setup::new();
+    let plain = config(&pebble, &nginx, &setup, "");
+    let links = plain.replacen(
+        "        reload:",
+        "        layout: links\n        reload:",
+        1,
+    );
+    setup.write_config(&links);
+    let run = setup.run(&["renew"]);
+    run.assert_code(0);
+    let sha = stored_sha256(&setup);
+    assert!(
+        run.stdout.contains(&format!(
+            "  web (file): deployed; reload `{}` exited 0; verified: serves {sha}",
+            nginx.reload_argv().join(" ")
+        )),
+        "{}",
+        run.stdout
+    );
+    let dir = nginx.key_path().parent().unwrap().to_path_buf();
+    let folder_name = format!(
+        ".{}.certherd",
+        nginx.cert_path().file_name().unwrap().to_string_lossy()
+    );
+    for (path, role) in [
+        (nginx.cert_path(), "fullchain.pem"),
+        (nginx.key_path(), "key.pem"),
+    ] {
+        assert_eq!(
+            std::fs::read_link(&path).unwrap(),
+            PathBuf::from(&folder_name).join("current").join(role),
+            "{}",
+            path.display()
+        );
+    }
+    assert_eq!(mode(&nginx.key_path()), 0o600);
+    let status = status_json(&setup, &["--offline"]);
+    assert_eq!(status["certificates"][0]["targets"][0]["state"], "current");
+
+    // Back to plain files: the next renew makes them regular files again
+    // (reloading nginx, which still serves the same certificate) and
+    // removes the folder with its copy of the key.
+    setup.write_config(&plain);
+    let status = status_json(&setup, &["--offline"]);
+    assert_eq!(status["certificates"][0]["targets"][0]["state"], "stale");
+    assert_eq!(
+        status["certificates"][0]["targets"][0]["error"],
+        "its files are not laid out as its `layout` says"
+    );
+    let back = setup.run(&["renew"]);
+    back.assert_code(0);
+    assert!(
+        back.stdout.contains("  web (file): deployed"),
+        "{}",
+        back.stdout
+    );
+    assert!(std::fs::symlink_metadata(nginx.key_path())
+        .unwrap()
+        .is_file());
+    assert!(std::fs::symlink_metadata(nginx.cert_path())
+        .unwrap()
+        .is_file());
+    assert!(!dir.join(&folder_name).exists());
+    assert_eq!(nginx.served_sha256().unwrap(), sha);
+}

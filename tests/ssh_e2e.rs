@@ -323,7 +323,7 @@ certificates:
     let path = setup.config_path();
     let p = path.display();
     for expected in [
-        format!("{p}:20:9: unknown key `password` in target \"lb1\" (expected one of: name, type, host, port, user, identity, known_hosts, jump, cert, chain, fullchain, key, combined, pkcs12, pkcs12_password, pkcs12_name, mode, owner, group, reload, reload_timeout, verify)"),
+        format!("{p}:20:9: unknown key `password` in target \"lb1\" (expected one of: name, type, host, port, user, identity, known_hosts, jump, cert, chain, fullchain, key, combined, pkcs12, pkcs12_password, pkcs12_name, mode, owner, group, layout, reload, reload_timeout, verify)"),
         format!("{p}:14:15: `host` must be a host name or address, not \"-oProxyCommand=evil\""),
         format!("{p}:15:15: `port` must be a port number from 1 to 65535, not \"0\""),
         format!("{p}:16:15: `user` \"a@b\" is not a valid user name"),
@@ -338,4 +338,79 @@ certificates:
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn layout_links_turns_the_remote_files_into_links_switched_at_once() {
+    let pebble = Pebble::start(PebbleOptions::default());
+    let setup = Setup::new();
+    let sshd = Sshd::start();
+    let dir = sshd.remote_dir();
+    let host = Host::trusted(&setup, "lb", &sshd);
+    let plain = config(&pebble, &setup, &[host]);
+    setup.write_config(&plain);
+    setup.run(&["renew"]).assert_code(0);
+    let first = stored_sha256(&setup);
+    assert!(fs::symlink_metadata(dir.join("site.key"))
+        .unwrap()
+        .is_file());
+
+    // The same host, now with `layout: links`: `deploy` lays the files out
+    // as links (the certificate is not due).
+    let links = plain.replace("        reload:", "        layout: links\n        reload:");
+    setup.write_config(&links);
+    setup.run(&["renew", "--dry-run"]).assert_code(0);
+    setup.run(&["deploy"]).assert_code(0);
+    assert_eq!(stored_sha256(&setup), first, "not renewed");
+    let stored = stored_dir(&setup);
+    assert_eq!(
+        fs::read(dir.join("site.key")).unwrap(),
+        fs::read(stored.join("privkey.pem")).unwrap()
+    );
+    assert_eq!(
+        fs::read(dir.join("site.pem")).unwrap(),
+        fs::read(stored.join("fullchain.pem")).unwrap()
+    );
+    assert_eq!(
+        fs::read_link(dir.join("site.key")).unwrap(),
+        PathBuf::from(".site.pem.certherd/current/key.pem")
+    );
+    assert_eq!(
+        fs::read_link(dir.join("site.pem")).unwrap(),
+        PathBuf::from(".site.pem.certherd/current/fullchain.pem")
+    );
+    let folder = dir.join(".site.pem.certherd");
+    let versions = |folder: &std::path::Path| -> Vec<String> {
+        names_in(folder)
+            .into_iter()
+            .filter(|n| n != "current")
+            .collect()
+    };
+    let v = versions(&folder);
+    assert_eq!(
+        v.len(),
+        1,
+        "one version, no copy of the old files left: {v:?}"
+    );
+    assert_eq!(
+        fs::read_link(folder.join("current")).unwrap(),
+        PathBuf::from(&v[0])
+    );
+    assert_eq!(mode(&folder.join(&v[0]).join("key.pem")), 0o600);
+    assert_eq!(mode(&folder.join(&v[0]).join("fullchain.pem")), 0o644);
+    assert_eq!(
+        names_in(&dir),
+        [".site.pem.certherd", "reloaded", "site.key", "site.pem"],
+        "no temp file or link left"
+    );
+
+    // Once more: a new version replaces the old one.
+    setup.run(&["renew", "--force"]).assert_code(0);
+    assert_eq!(
+        fs::read(dir.join("site.key")).unwrap(),
+        fs::read(stored_dir(&setup).join("privkey.pem")).unwrap()
+    );
+    let w = versions(&folder);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_ne!(w, v);
 }

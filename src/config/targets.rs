@@ -10,8 +10,8 @@ use super::monitoring;
 use super::values;
 use super::yaml::{self, peek, Map, Node, Value};
 use super::{
-    CommandSpec, Diag, ExecTarget, FileSet, FileTarget, HaproxySocket, HaproxyTarget, Pkcs12File,
-    SshTarget, Starttls, TargetConfig, TargetKind, Text, VerifyConfig, WebhookTarget,
+    CommandSpec, Diag, ExecTarget, FileSet, FileTarget, HaproxySocket, HaproxyTarget, Layout,
+    Pkcs12File, SshTarget, Starttls, TargetConfig, TargetKind, Text, VerifyConfig, WebhookTarget,
 };
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -30,6 +30,7 @@ const FILE_KEYS: &[&str] = &[
     "mode",
     "owner",
     "group",
+    "layout",
     "reload",
     "reload_timeout",
     "verify",
@@ -63,6 +64,7 @@ const SSH_KEYS: &[&str] = &[
     "mode",
     "owner",
     "group",
+    "layout",
     "reload",
     "reload_timeout",
     "verify",
@@ -305,6 +307,21 @@ fn file_target(m: &Map<'_>, cx: &Context<'_>, remote: bool, d: &mut Diag) -> Opt
     let group = m
         .get("group")
         .and_then(|n| yaml::nonempty_string(n, "`group`", d));
+    let layout = match m.get("layout") {
+        None => Some(Layout::Files),
+        Some(n) => match yaml::string(n, "`layout`", d).as_deref() {
+            Some("files") => Some(Layout::Files),
+            Some("links") => Some(Layout::Links),
+            Some(_) => {
+                d.at(
+                    n.pos,
+                    format!("`layout` must be files or links, not {}", n.describe()),
+                );
+                None
+            }
+            None => None,
+        },
+    };
     let pkcs12 = pkcs12_options(m, cx, d);
     files.pkcs12 = match (pkcs12_path, pkcs12) {
         (Some(path), Some((password, name))) => Some(Pkcs12File {
@@ -326,6 +343,7 @@ fn file_target(m: &Map<'_>, cx: &Context<'_>, remote: bool, d: &mut Diag) -> Opt
         mode: mode?,
         owner,
         group,
+        layout: layout?,
     })
 }
 
@@ -508,6 +526,7 @@ fn haproxy_target(m: &Map<'_>, base: &Path, d: &mut Diag) -> Option<HaproxyTarge
             mode: mode?,
             owner,
             group,
+            layout: Layout::Files,
         },
         cert_name: cert_name?,
         timeout: timeout?,

@@ -449,6 +449,22 @@ pub struct FileTarget {
     pub mode: u32,
     pub owner: Option<String>,
     pub group: Option<String>,
+    /// How the files change together.
+    pub layout: Layout,
+}
+
+/// How a `file` or `ssh` target's files are replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// Each path is a regular file, replaced by a rename of its own: a
+    /// crash between two renames can leave a new certificate beside the
+    /// old key until the next run.
+    #[default]
+    Files,
+    /// Each path is a symbolic link into a folder certherd keeps beside
+    /// the first file (`.<name>.certherd/current/…`); one rename of
+    /// `current` switches every file at once.
+    Links,
 }
 
 /// The `ssh` target: the files of a `file` target, written on a remote host

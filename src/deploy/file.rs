@@ -12,83 +12,113 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::cert::Bundle;
-use crate::config::FileTarget;
+use crate::config::{FileTarget, Layout};
 use crate::deploy::DeployError;
 use crate::store::fsutil;
 
 /// Mode of files that hold no private key.
 const PUBLIC_MODE: u32 = 0o644;
 
+/// One file a target writes.
+pub(super) struct Planned {
+    pub path: PathBuf,
+    pub data: Vec<u8>,
+    pub mode: u32,
+    /// Its name in a `links` layout's version folder (`fullchain.pem`,
+    /// `key.pem`, `bundle.p12`, ...): one per slot.
+    pub role: &'static str,
+}
+
 /// The PEM files of a target (all but `pkcs12`) with their content and mode.
-pub(super) fn contents(t: &FileTarget, b: &Bundle) -> Vec<(PathBuf, String, u32)> {
+pub(super) fn contents(t: &FileTarget, b: &Bundle) -> Vec<Planned> {
     let mut out = Vec::new();
     let f = &t.files;
-    let mut add = |p: &Option<PathBuf>, c: String, secret: bool| {
+    let mut add = |p: &Option<PathBuf>, c: String, secret: bool, role| {
         if let Some(p) = p {
-            out.push((p.clone(), c, if secret { t.mode } else { PUBLIC_MODE }));
+            out.push(Planned {
+                path: p.clone(),
+                data: c.into_bytes(),
+                mode: if secret { t.mode } else { PUBLIC_MODE },
+                role,
+            });
         }
     };
-    add(&f.cert, b.leaf_pem.clone(), false);
-    add(&f.chain, b.chain_pem.clone(), false);
-    add(&f.fullchain, b.fullchain_pem(), false);
-    add(&f.key, b.key.expose().to_string(), true);
-    add(&f.combined, b.combined_pem(), true);
+    add(&f.cert, b.leaf_pem.clone(), false, "cert.pem");
+    add(&f.chain, b.chain_pem.clone(), false, "chain.pem");
+    add(&f.fullchain, b.fullchain_pem(), false, "fullchain.pem");
+    add(&f.key, b.key.expose().to_string(), true, "key.pem");
+    add(&f.combined, b.combined_pem(), true, "combined.pem");
     out
 }
 
 /// Every file of a target, PKCS#12 included, with its content and mode:
 /// what is written.
-pub(super) fn files(
-    t: &FileTarget,
-    b: &Bundle,
-) -> Result<Vec<(PathBuf, Vec<u8>, u32)>, DeployError> {
-    let mut out: Vec<_> = contents(t, b)
-        .into_iter()
-        .map(|(p, c, m)| (p, c.into_bytes(), m))
-        .collect();
+pub(super) fn files(t: &FileTarget, b: &Bundle) -> Result<Vec<Planned>, DeployError> {
+    let mut out = contents(t, b);
     if let Some(p12) = &t.files.pkcs12 {
         let data = super::pkcs12::encode(b, p12).map_err(|source| DeployError::Pkcs12 {
             path: p12.path.clone(),
             source,
         })?;
-        out.push((p12.path.clone(), data, t.mode));
+        out.push(Planned {
+            path: p12.path.clone(),
+            data,
+            mode: t.mode,
+            role: PKCS12_ROLE,
+        });
     }
     Ok(out)
 }
 
-/// Every path a target writes.
-pub(super) fn paths(t: &FileTarget) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = contents(t, &placeholder())
+const PKCS12_ROLE: &str = "bundle.p12";
+
+/// Every path a target writes, with its role.
+pub(super) fn paths(t: &FileTarget) -> Vec<(PathBuf, &'static str)> {
+    let mut out: Vec<_> = contents(t, &placeholder())
         .into_iter()
-        .map(|(p, _, _)| p)
+        .map(|f| (f.path, f.role))
         .collect();
-    out.extend(t.files.pkcs12.iter().map(|p| p.path.clone()));
+    out.extend(t.files.pkcs12.iter().map(|p| (p.path.clone(), PKCS12_ROLE)));
     out
 }
 
 /// Whether every file holds `b`: the PEM files byte for byte; a PKCS#12
 /// file, whose bytes differ on every write (salts), by opening it with its
-/// password and comparing the key and certificates inside.
+/// password and comparing the key and certificates inside. The files must
+/// also be laid out as the target's `layout` says.
 pub fn holds(t: &FileTarget, b: &Bundle) -> bool {
-    let pem_files = contents(t, b).iter().all(|(p, c, _)| {
-        fs::read(p)
-            .map(|on_disk| on_disk == c.as_bytes())
-            .unwrap_or(false)
-    });
+    let pem_files = contents(t, b)
+        .iter()
+        .all(|f| fs::read(&f.path).is_ok_and(|on_disk| on_disk == f.data));
     pem_files
         && t.files.pkcs12.iter().all(|p12| {
             fs::read(&p12.path)
                 .map(|on_disk| super::pkcs12::holds(&on_disk, b, p12))
                 .unwrap_or(false)
         })
+        && laid_out(t)
+}
+
+/// Whether the paths are laid out as the target's `layout` says.
+pub fn laid_out(t: &FileTarget) -> bool {
+    match t.layout {
+        Layout::Links => super::links::linked(t),
+        // Left as links by an earlier `layout: links`: not yet files.
+        Layout::Files => paths(t)
+            .iter()
+            .all(|(path, role)| !super::links::is_link_of(t, path, role)),
+    }
 }
 
 pub fn write(t: &FileTarget, b: &Bundle) -> Result<(), DeployError> {
     let uid = t.owner.as_deref().map(user_id).transpose()?;
     let gid = t.group.as_deref().map(group_id).transpose()?;
     let files = files(t, b)?;
-    for (path, _, _) in &files {
-        sweep_temps(path);
+    for f in &files {
+        sweep_temps(&f.path);
+    }
+    if t.layout == Layout::Links {
+        return super::links::write(t, &files, uid, gid);
     }
     let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
     let cleanup = |staged: &[(PathBuf, PathBuf)]| {
@@ -96,14 +126,13 @@ pub fn write(t: &FileTarget, b: &Bundle) -> Result<(), DeployError> {
             let _ = fs::remove_file(tmp);
         }
     };
-    for (path, content, mode) in &files {
-        let result = fsutil::stage(path, content, *mode, uid, gid);
-        match result {
-            Ok(tmp) => staged.push((tmp, path.clone())),
+    for f in &files {
+        match fsutil::stage(&f.path, &f.data, f.mode, uid, gid) {
+            Ok(tmp) => staged.push((tmp, f.path.clone())),
             Err(source) => {
                 cleanup(&staged);
                 return Err(DeployError::Write {
-                    path: path.clone(),
+                    path: f.path.clone(),
                     source,
                 });
             }
@@ -124,6 +153,9 @@ pub fn write(t: &FileTarget, b: &Bundle) -> Result<(), DeployError> {
             });
         }
     }
+    // A target that used the `links` layout before: its versions hold a
+    // copy of the key no path names any more.
+    super::links::remove_folder(t);
     let mut dirs: Vec<&Path> = staged.iter().filter_map(|(_, p)| p.parent()).collect();
     dirs.dedup();
     for dir in dirs {
@@ -142,8 +174,9 @@ pub fn write(t: &FileTarget, b: &Bundle) -> Result<(), DeployError> {
 
 /// Remove the temp files an interrupted [`write`] left beside `path`
 /// (`.certherd-tmp-<name>-<16 hex digits>`, the pattern of
-/// [`fsutil::temp_path`]): they may hold a private key, and a crash must
-/// not leave one more copy at every attempt. Only a certherd holding the
+/// [`fsutil::temp_path`]; files, or the links of a `links` layout): they
+/// may hold a private key, and a crash must not leave one more copy at
+/// every attempt. Only a certherd holding the
 /// state directory's lock deploys, so no other write of `path` is under way.
 fn sweep_temps(path: &Path) {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
@@ -164,7 +197,7 @@ fn sweep_temps(path: &Path) {
         let is_temp = n
             .strip_prefix(&prefix)
             .is_some_and(|rest| rest.len() == 16 && rest.bytes().all(|b| b.is_ascii_hexdigit()));
-        if is_temp && e.file_type().is_ok_and(|t| t.is_file()) {
+        if is_temp && e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()) {
             let _ = fs::remove_file(e.path());
         }
     }
@@ -183,7 +216,10 @@ pub fn preflight(t: &FileTarget) -> Vec<String> {
         }
     }
     let uid = rustix::process::geteuid();
-    for path in paths(t) {
+    if t.layout == Layout::Links {
+        problems.extend(super::links::preflight(t));
+    }
+    for (path, role) in paths(t) {
         let dir = path.parent().unwrap_or(Path::new("/"));
         if let Err(e) = fsutil::refuse_planted_symlinks(dir) {
             problems.push(e.to_string());
@@ -196,10 +232,15 @@ pub fn preflight(t: &FileTarget) -> Vec<String> {
         // Renaming over an existing file needs only the directory, but a
         // sticky directory also needs us to own it.
         if let Ok(meta) = fs::symlink_metadata(&path) {
-            if meta.file_type().is_symlink() {
+            let ours = t.layout == Layout::Links && super::links::is_link_of(t, &path, role);
+            if meta.file_type().is_symlink() && !ours {
                 problems.push(format!(
-                    "{} is a symlink; certherd replaces it with a regular file",
-                    path.display()
+                    "{} is a symlink; certherd replaces it with {}",
+                    path.display(),
+                    match t.layout {
+                        Layout::Files => "a regular file",
+                        Layout::Links => "its own link",
+                    }
                 ));
             }
             let sticky = fs::metadata(dir)
@@ -275,6 +316,7 @@ mod tests {
             mode: 0o600,
             owner: None,
             group: None,
+            layout: Layout::Files,
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod exec;
 pub mod file;
 pub mod haproxy;
+pub mod links;
 pub mod pkcs12;
 pub mod ssh;
 pub mod webhook;

@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::cert::Bundle;
-use crate::config::{CommandSpec, SshTarget};
+use crate::config::{CommandSpec, Layout, SshTarget};
 use crate::deploy::DeployError;
 use crate::process::{self, CommandOutcome};
 
@@ -124,27 +124,43 @@ pub fn write_script(
     nonce: &str,
 ) -> Result<(String, Vec<u8>), DeployError> {
     let files = super::file::files(&t.files, b)?;
-    let pkcs12 = t.files.files.pkcs12.as_ref().map(|p| &p.path);
-    let mut stdin = Vec::new();
-    let mut temps = Vec::new();
-    for (i, (path, _, _)) in files.iter().enumerate() {
-        let dir = path
-            .parent()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        temps.push(format!("{dir}/.certherd-tmp-{name}-{nonce}-{i}"));
-    }
-    let all_temps: Vec<String> = temps.iter().map(|p| quote(p)).collect();
+    let links = t.files.layout == Layout::Links;
+    let folder = super::links::folder(&t.files);
+    let version = folder.join(format!("v-{nonce}"));
+    // Where each file is written first: a temp file beside it, or its
+    // place in the new version folder of a `links` target.
+    let staged: Vec<String> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if links {
+                quote(&version.join(f.role).display().to_string())
+            } else {
+                quote(&beside(&f.path, nonce, i))
+            }
+        })
+        .collect();
     let mut s = String::new();
     s.push_str("umask 077\n");
+    let cleanup = if links {
+        // Only the new version: once `current` names an older one made from
+        // the files as they were, that one stays.
+        let temp_links: Vec<String> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| quote(&beside(&f.path, nonce, i)))
+            .collect();
+        format!(
+            "rm -rf -- {} 2>/dev/null; rm -f -- {} 2>/dev/null",
+            quote(&version.display().to_string()),
+            temp_links.join(" ")
+        )
+    } else {
+        format!("rm -f -- {} 2>/dev/null", staged.join(" "))
+    };
     let _ = writeln!(
         s,
-        "fail() {{ rm -f -- {} 2>/dev/null; echo \"certherd: $1\" >&2; exit 1; }}",
-        all_temps.join(" ")
+        "fail() {{ {cleanup}; echo \"certherd: $1\" >&2; exit 1; }}"
     );
     // Reads $1 lines from stdin, writes them to stdout. `read` never reads
     // past a newline, so the next file's lines stay on stdin.
@@ -152,17 +168,21 @@ pub fn write_script(
         "recv() { i=0; while [ \"$i\" -lt \"$1\" ]; do IFS= read -r l || return 1; \
          printf '%s\\n' \"$l\" || return 1; i=$((i+1)); done; }\n",
     );
-    for (i, (path, content, mode)) in files.iter().enumerate() {
-        let binary = Some(path) == pkcs12;
+    if links {
+        open_folder_script(&mut s, &folder, &version);
+    }
+    let pkcs12 = t.files.files.pkcs12.as_ref().map(|p| &p.path);
+    let mut stdin = Vec::new();
+    for (f, tmp) in files.iter().zip(&staged) {
+        let binary = Some(&f.path) == pkcs12;
         let text = if binary {
-            base64_lines(content)
+            base64_lines(&f.data)
         } else {
-            String::from_utf8_lossy(content).into_owned()
+            String::from_utf8_lossy(&f.data).into_owned()
         };
         let (lines, body) = line_counted(&text);
         stdin.extend_from_slice(body.as_bytes());
-        let tmp = &all_temps[i];
-        let dest = path.display().to_string();
+        let dest = f.path.display().to_string();
         let cannot = |what: &str| quote(&format!("cannot {what} {dest}"));
         if binary {
             let _ = writeln!(s, "b=$(recv {lines}) || fail {}", cannot("write"));
@@ -177,7 +197,8 @@ pub fn write_script(
         }
         let _ = writeln!(
             s,
-            "chmod {mode:o} {tmp} || fail {}",
+            "chmod {:o} {tmp} || fail {}",
+            f.mode,
             cannot("set the mode of")
         );
         if let Some(o) = &t.files.owner {
@@ -200,19 +221,154 @@ pub fn write_script(
     let _ = writeln!(
         s,
         "sync -- {} 2>/dev/null || sync 2>/dev/null || :",
-        all_temps.join(" ")
+        staged.join(" ")
     );
-    for (i, (path, _, _)) in files.iter().enumerate() {
-        let dest = path.display().to_string();
-        let _ = writeln!(
-            s,
-            "mv -f -- {} {} || fail {}",
-            all_temps[i],
-            quote(&dest),
-            quote(&format!("cannot rename a temp file to {dest}"))
-        );
+    if links {
+        switch_links_script(&mut s, &files, &folder, nonce);
+    } else {
+        for (f, tmp) in files.iter().zip(&staged) {
+            let dest = f.path.display().to_string();
+            let _ = writeln!(
+                s,
+                "mv -f -- {tmp} {} || fail {}",
+                quote(&dest),
+                quote(&format!("cannot rename a temp file to {dest}"))
+            );
+        }
     }
     Ok((s, stdin))
+}
+
+/// `<dir>/.certherd-tmp-<name>-<nonce>-<i>`: a temp file (or link) beside `path`.
+fn beside(path: &std::path::Path, nonce: &str, i: usize) -> String {
+    let dir = path
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{dir}/.certherd-tmp-{name}-{nonce}-{i}")
+}
+
+/// The remote half of [`super::links`]'s folder handling: refuse a folder
+/// that is a link or someone else's, create it, remove what an interrupted
+/// deployment left (versions `current` does not name, temp links), and
+/// make the new version's folder.
+fn open_folder_script(s: &mut String, folder: &std::path::Path, version: &std::path::Path) {
+    let f = folder.display().to_string();
+    let l = quote(&f);
+    let _ = writeln!(
+        s,
+        "if [ -L {l} ] || {{ [ -e {l} ] && [ ! -d {l} ]; }}; then fail {}; fi",
+        quote(&format!("{f} exists and is not a folder"))
+    );
+    let _ = writeln!(
+        s,
+        "[ -d {l} ] || mkdir -- {l} || fail {}",
+        quote(&format!("cannot create {f}"))
+    );
+    let _ = writeln!(
+        s,
+        "[ -O {l} ] || fail {}",
+        quote(&format!("{f} belongs to another user"))
+    );
+    let _ = writeln!(
+        s,
+        "chmod 755 -- {l} || fail {}",
+        quote(&format!("cannot set the mode of {f}"))
+    );
+    sweep_script(s, folder);
+    let v = version.display().to_string();
+    let _ = writeln!(
+        s,
+        "mkdir -- {q} && chmod 755 -- {q} || fail {}",
+        quote(&format!("cannot create {v}")),
+        q = quote(&v),
+    );
+}
+
+/// Remove the versions `current` does not name and stray temp links.
+fn sweep_script(s: &mut String, folder: &std::path::Path) {
+    let l = quote(&folder.display().to_string());
+    let _ = writeln!(
+        s,
+        "cur=$(readlink -- {l}/current 2>/dev/null) || cur=\n\
+         for d in {l}/v-*; do [ -d \"$d\" ] || continue; [ \"${{d##*/}}\" = \"$cur\" ] || rm -rf -- \"$d\"; done\n\
+         rm -f -- {l}/.tmp-* 2>/dev/null || :"
+    );
+}
+
+/// Turn every path not yet a link into one (showing the same bytes: the
+/// files as they are become a version first), then point `current` at the
+/// new version with one `mv -T`, and sweep.
+fn switch_links_script(
+    s: &mut String,
+    files: &[super::file::Planned],
+    folder: &std::path::Path,
+    nonce: &str,
+) {
+    let f = folder.display().to_string();
+    let l = quote(&f);
+    let current = quote(&format!("{f}/current"));
+    let switch = |s: &mut String, version: &str, tmp: &str| {
+        let tmp = quote(&format!("{f}/.tmp-{tmp}"));
+        let _ = writeln!(
+            s,
+            "ln -s -- {} {tmp} && mv -Tf -- {tmp} {current} || fail {}",
+            quote(version),
+            quote(&format!(
+                "cannot switch {f}/current to {version} (mv -T: GNU coreutils or BusyBox)"
+            ))
+        );
+    };
+    s.push_str("need=\n");
+    for p in files {
+        let text = super::links::link_text(folder, &p.path, p.role);
+        let _ = writeln!(
+            s,
+            "[ \"$(readlink -- {} 2>/dev/null)\" = {} ] || need=1",
+            quote(&p.path.display().to_string()),
+            quote(&text.display().to_string())
+        );
+    }
+    s.push_str("if [ -n \"$need\" ]; then\n");
+    let was_name = format!("v-{nonce}-was");
+    let was = format!("{f}/{was_name}");
+    let _ = writeln!(
+        s,
+        "mkdir -- {w} && chmod 755 -- {w} || fail {}",
+        quote(&format!("cannot create {was}")),
+        w = quote(&was)
+    );
+    for p in files {
+        let path = p.path.display().to_string();
+        let _ = writeln!(
+            s,
+            "if [ -f {q} ]; then cp -p -- {q} {} || fail {}; fi",
+            quote(&format!("{was}/{}", p.role)),
+            quote(&format!("cannot copy {path} before turning it into a link")),
+            q = quote(&path)
+        );
+    }
+    switch(s, &was_name, &format!("{nonce}-was"));
+    for (i, p) in files.iter().enumerate() {
+        let path = p.path.display().to_string();
+        let text = super::links::link_text(folder, &p.path, p.role);
+        let tmp = quote(&beside(&p.path, nonce, i));
+        let _ = writeln!(
+            s,
+            "[ \"$(readlink -- {q} 2>/dev/null)\" = {t} ] || {{ ln -s -- {t} {tmp} && mv -Tf -- {tmp} {q}; }} || fail {}",
+            quote(&format!("cannot turn {path} into a link")),
+            q = quote(&path),
+            t = quote(&text.display().to_string()),
+        );
+    }
+    s.push_str("fi\n");
+    switch(s, &format!("v-{nonce}"), nonce);
+    let _ = writeln!(s, "sync {l} 2>/dev/null || sync 2>/dev/null || :");
+    sweep_script(s, folder);
 }
 
 /// Binary data as base64 lines of 76 characters.
@@ -301,7 +457,7 @@ pub async fn reload(
 /// exists and is writable, owner and group exist, the reload program exists.
 pub fn preflight_script(t: &SshTarget, reload: Option<&CommandSpec>) -> String {
     let mut dirs: Vec<String> = Vec::new();
-    for path in super::file::paths(&t.files) {
+    for (path, _) in super::file::paths(&t.files) {
         let dir = path
             .parent()
             .map(|p| p.display().to_string())
@@ -335,6 +491,22 @@ pub fn preflight_script(t: &SshTarget, reload: Option<&CommandSpec>) -> String {
             quote(g),
             quote(&format!("^{g}:")),
             quote(&format!("problem: group {g:?} does not exist"))
+        );
+    }
+    if t.files.layout == Layout::Links {
+        let f = super::links::folder(&t.files).display().to_string();
+        let l = quote(&f);
+        let _ = writeln!(
+            s,
+            "if [ -L {l} ] || {{ [ -e {l} ] && [ ! -d {l} ]; }}; then echo {}; \
+             elif [ -e {l} ] && [ ! -O {l} ]; then echo {}; fi",
+            quote(&format!("problem: {f} exists and is not a folder")),
+            quote(&format!("problem: {f} belongs to another user")),
+        );
+        let _ = writeln!(
+            s,
+            "mv --help 2>&1 | grep -q -e '-T' || echo {}",
+            quote("problem: mv does not take -T (layout: links needs GNU coreutils or BusyBox)")
         );
     }
     if t.files.files.pkcs12.is_some() {
@@ -406,6 +578,7 @@ mod tests {
                 mode: 0o600,
                 owner: None,
                 group: Some("ssl-cert".into()),
+                layout: crate::config::Layout::Files,
             },
         }
     }
@@ -446,6 +619,46 @@ mod tests {
         assert!(script.contains("chgrp -- 'ssl-cert'"), "{script}");
         assert!(script.contains("chmod 600 '/etc/tls/.certherd-tmp-site.key-n-1'"));
         assert!(script.contains("chmod 644 "));
+    }
+
+    #[test]
+    fn a_links_script_writes_a_version_then_switches_current_last() {
+        let b = crate::store::tests::bundle(&["a.test"], time::OffsetDateTime::now_utc(), 90);
+        let mut t = target();
+        t.files.layout = Layout::Links;
+        let (script, _) = write_script(&t, &b, "n").unwrap();
+        let folder = "/etc/it'\\''s here/.site.pem.certherd";
+        let pos = |needle: &str| {
+            script
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} not in:\n{script}"))
+        };
+        let written = pos(&format!("> '{folder}/v-n/key.pem'"))
+            .max(pos(&format!("> '{folder}/v-n/fullchain.pem'")));
+        let keep_old = pos(&format!(
+            "mv -Tf -- '{folder}/.tmp-n-was' '{folder}/current'"
+        ));
+        let key_link = pos("'/etc/tls/.certherd-tmp-site.key-n-1' '/etc/tls/site.key'");
+        let switch = script
+            .rfind(&format!("mv -Tf -- '{folder}/.tmp-n' '{folder}/current'"))
+            .unwrap();
+        assert!(
+            written < keep_old && keep_old < key_link && key_link < switch,
+            "{script}"
+        );
+        // The key's link is absolute (another folder), the certificate's relative.
+        assert!(
+            script.contains(&format!("ln -s -- '{folder}/current/key.pem'")),
+            "{script}"
+        );
+        assert!(script.contains("ln -s -- '.site.pem.certherd/current/fullchain.pem'"));
+        // A failure removes the new version only, never what `current` names.
+        assert!(
+            script.contains(&format!("fail() {{ rm -rf -- '{folder}/v-n' ")),
+            "{script}"
+        );
+        assert!(preflight_script(&t, None).contains("mv --help"));
+        assert!(!preflight_script(&target(), None).contains("mv --help"));
     }
 
     #[test]
