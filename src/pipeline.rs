@@ -681,9 +681,19 @@ async fn one_target(
     let push = match mode {
         DeployMode::Always => true,
         DeployMode::Renew { renewed, force } => {
-            let recorded = previous.as_ref().is_some_and(|r| {
-                r.last_error.is_none() && r.deployed_sha256.as_deref() == Some(&bundle.info.sha256)
+            let moved = previous.as_ref().is_some_and(|r| {
+                r.destination
+                    .as_ref()
+                    .is_some_and(|d| *d != deploy::destination(t))
             });
+            if moved {
+                tracing::info!(certificate = %cert_name, target = %t.name, "the target's configuration names another place than its last deployment; deploying");
+            }
+            let recorded = !moved
+                && previous.as_ref().is_some_and(|r| {
+                    r.last_error.is_none()
+                        && r.deployed_sha256.as_deref() == Some(&bundle.info.sha256)
+                });
             let lacks = match deploy::holds(t, bundle) {
                 Some(holds) => !holds || !recorded,
                 None => !recorded,
@@ -726,6 +736,7 @@ async fn one_target(
                     deployed_sha256: Some(bundle.info.sha256.clone()),
                     deployed_at: Some(rfc3339(OffsetDateTime::now_utc())),
                     last_error: None,
+                    destination: Some(deploy::destination(t)),
                 });
             }
             Err(failure) => {
@@ -739,6 +750,7 @@ async fn one_target(
                         deployed_sha256: None,
                         deployed_at: None,
                         last_error: None,
+                        destination: None,
                     })
                 };
                 return TargetOutcome {
@@ -805,6 +817,7 @@ async fn roll_back(
         deployed_sha256: None,
         deployed_at: None,
         last_error: Some(why),
+        destination: None,
     };
     let Some(previous_sha) = before.and_then(|r| r.deployed_sha256.clone()) else {
         let why = "no rollback: certherd has no record of an earlier certificate on this target"
@@ -869,6 +882,7 @@ async fn roll_back(
             "certificate {} failed on this target; rolled back to {previous_sha}",
             current.info.sha256
         )),
+        destination: Some(deploy::destination(t)),
     };
     (rollback, record)
 }

@@ -355,12 +355,29 @@ fn layout_links_turns_the_remote_files_into_links_switched_at_once() {
         .unwrap()
         .is_file());
 
-    // The same host, now with `layout: links`: `deploy` lays the files out
-    // as links (the certificate is not due).
+    // Not due, deployment recorded: nothing to do.
+    let idle = setup.run(&["renew"]);
+    idle.assert_code(0);
+    assert!(
+        idle.stdout
+            .contains("  lb (ssh): already held the current certificate"),
+        "{}",
+        idle.stdout
+    );
+
+    // The same host, now with `layout: links`: the target's configuration
+    // changed, so the next renew deploys the same certificate again, laid
+    // out as links.
     let links = plain.replace("        reload:", "        layout: links\n        reload:");
     setup.write_config(&links);
     setup.run(&["renew", "--dry-run"]).assert_code(0);
-    setup.run(&["deploy"]).assert_code(0);
+    let relaid = setup.run(&["renew"]);
+    relaid.assert_code(0);
+    assert!(
+        relaid.stdout.contains("  lb (ssh): deployed"),
+        "{}",
+        relaid.stdout
+    );
     assert_eq!(stored_sha256(&setup), first, "not renewed");
     let stored = stored_dir(&setup);
     assert_eq!(

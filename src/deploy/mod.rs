@@ -118,6 +118,58 @@ pub fn holds(target: &TargetConfig, bundle: &Bundle) -> Option<bool> {
     }
 }
 
+/// Where the target puts the certificate, as a SHA-256 (URLs and commands
+/// may hold tokens): its kind, host, paths, mode, owner, group and layout,
+/// socket, command or URL. Not its reload or verify, which do not change
+/// what it holds. A field added later joins the text only when it is not
+/// its default, so that an upgrade does not make every target look moved.
+pub fn destination(t: &TargetConfig) -> String {
+    use std::fmt::Write as _;
+    fn files(out: &mut String, f: &crate::config::FileTarget) {
+        for (path, role) in file::paths(f) {
+            let _ = write!(out, " {role}={}", path.display());
+        }
+        let _ = write!(
+            out,
+            " mode={:o} owner={} group={}",
+            f.mode,
+            f.owner.as_deref().unwrap_or("-"),
+            f.group.as_deref().unwrap_or("-")
+        );
+        if f.layout == crate::config::Layout::Links {
+            out.push_str(" layout=links");
+        }
+    }
+    let mut out = String::new();
+    match &t.kind {
+        TargetKind::File(f) => {
+            out.push_str("file");
+            files(&mut out, f);
+        }
+        TargetKind::Ssh(s) => {
+            let _ = write!(
+                out,
+                "ssh {}@{}:{}",
+                s.user.as_deref().unwrap_or("-"),
+                s.host,
+                s.port
+            );
+            files(&mut out, &s.files);
+        }
+        TargetKind::Haproxy(h) => {
+            let _ = write!(out, "haproxy {:?} {}", h.socket, h.cert_name);
+            files(&mut out, &h.file);
+        }
+        TargetKind::Exec(e) => {
+            let _ = write!(out, "exec {:?}", e.command.argv);
+        }
+        TargetKind::Webhook(w) => {
+            let _ = write!(out, "webhook {}", w.url.expose());
+        }
+    }
+    crate::cert::sha256_hex(out.as_bytes())
+}
+
 /// The lock of the service `t` reloads: targets whose `reload` is the same
 /// command (on the same host, for ssh targets) are written and reloaded
 /// one at a time, so that a reload never reads another target's files
@@ -222,4 +274,67 @@ pub async fn preflight(target: &TargetConfig) -> Vec<String> {
         }
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CommandSpec, FileSet, FileTarget, Layout};
+    use std::path::PathBuf;
+
+    fn web() -> TargetConfig {
+        TargetConfig {
+            name: "web".into(),
+            kind: TargetKind::File(FileTarget {
+                files: FileSet {
+                    fullchain: Some(PathBuf::from("/etc/tls/a.pem")),
+                    key: Some(PathBuf::from("/etc/tls/a.key")),
+                    ..FileSet::default()
+                },
+                mode: 0o640,
+                owner: None,
+                group: Some("ssl-cert".into()),
+                layout: Layout::Files,
+            }),
+            reload: None,
+            verify: None,
+        }
+    }
+
+    fn file_of(t: &mut TargetConfig) -> &mut FileTarget {
+        match &mut t.kind {
+            TargetKind::File(f) => f,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn the_destination_changes_with_where_the_files_go_and_nothing_else() {
+        let base = web();
+        // The text is fixed: records written by earlier versions must keep
+        // matching, or an upgrade would redeploy every target.
+        assert_eq!(
+            destination(&base),
+            crate::cert::sha256_hex(
+                b"file fullchain.pem=/etc/tls/a.pem key.pem=/etc/tls/a.key mode=640 owner=- \
+                  group=ssl-cert"
+            )
+        );
+        let mut reloads = web();
+        reloads.reload = Some(CommandSpec {
+            argv: vec!["true".into()],
+            timeout: std::time::Duration::from_secs(1),
+        });
+        assert_eq!(destination(&reloads), destination(&base));
+
+        let mut moved = web();
+        file_of(&mut moved).files.key = Some(PathBuf::from("/etc/tls/b.key"));
+        let mut linked = web();
+        file_of(&mut linked).layout = Layout::Links;
+        let mut opened = web();
+        file_of(&mut opened).mode = 0o644;
+        for other in [moved, linked, opened] {
+            assert_ne!(destination(&other), destination(&base), "{other:?}");
+        }
+    }
 }

@@ -161,6 +161,11 @@ pub struct TargetRecord {
     pub deployed_at: Option<String>,
     /// The last attempt's error, if it failed.
     pub last_error: Option<String>,
+    /// SHA-256 of where the certificate went ([`crate::deploy::destination`]):
+    /// when the target's configuration names another place, the record is
+    /// not that place's. Absent in records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
 }
 
 /// The CA's suggested renewal window (ARI, RFC 9773) for one certificate,
@@ -954,6 +959,7 @@ pub(crate) mod tests {
             deployed_sha256: Some("ab".into()),
             deployed_at: Some("2026-11-28T00:00:00Z".into()),
             last_error: None,
+            destination: Some("cd".into()),
         };
         store.save_target_record("example", "web1", &r).unwrap();
         assert_eq!(store.target_record("example", "web1").unwrap(), Some(r));
