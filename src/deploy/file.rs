@@ -302,11 +302,12 @@ fn unknown(what: &'static str, name: &str) -> DeployError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::config::FileSet;
 
-    fn target(dir: &Path, key_dir: &Path) -> FileTarget {
+    /// `site.pem` (full chain) in `dir`, `site.key` in `key_dir`, plain files.
+    pub(in crate::deploy) fn target(dir: &Path, key_dir: &Path) -> FileTarget {
         FileTarget {
             files: FileSet {
                 fullchain: Some(dir.join("site.pem")),
@@ -320,7 +321,7 @@ mod tests {
         }
     }
 
-    fn bundle() -> Bundle {
+    pub(in crate::deploy) fn bundle() -> Bundle {
         crate::store::tests::bundle(&["a.test"], time::OffsetDateTime::now_utc(), 90)
     }
 

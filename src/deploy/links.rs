@@ -361,26 +361,24 @@ fn dir_of(path: &Path) -> &Path {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cert::Bundle;
-    use crate::config::{FileSet, Layout};
+    use crate::config::Layout;
     use crate::deploy::file;
+    use crate::deploy::file::tests::bundle;
 
     fn target(dir: &Path, key_dir: &Path) -> FileTarget {
         FileTarget {
-            files: FileSet {
-                fullchain: Some(dir.join("site.pem")),
-                key: Some(key_dir.join("site.key")),
-                ..FileSet::default()
-            },
-            mode: 0o600,
-            owner: None,
-            group: None,
             layout: Layout::Links,
+            ..file::tests::target(dir, key_dir)
         }
     }
 
-    fn bundle() -> Bundle {
-        crate::store::tests::bundle(&["a.test"], time::OffsetDateTime::now_utc(), 90)
+    /// Plain files in `dir` holding a certificate: the target as `files`,
+    /// and what it holds.
+    fn plain_files(dir: &Path) -> (FileTarget, crate::cert::Bundle) {
+        let plain = file::tests::target(dir, dir);
+        let old = bundle();
+        file::write(&plain, &old).unwrap();
+        (plain, old)
     }
 
     fn names(dir: &Path) -> Vec<String> {
@@ -475,10 +473,7 @@ mod tests {
     #[test]
     fn plain_files_become_links_and_a_links_target_of_plain_files_is_not_held() {
         let dir = tempfile::tempdir().unwrap();
-        let mut plain = target(dir.path(), dir.path());
-        plain.layout = Layout::Files;
-        let old = bundle();
-        file::write(&plain, &old).unwrap();
+        let (plain, old) = plain_files(dir.path());
         let t = target(dir.path(), dir.path());
         assert!(file::holds(&plain, &old));
         assert!(
@@ -509,10 +504,7 @@ mod tests {
     #[test]
     fn a_folder_that_is_a_link_or_open_to_others_is_refused_and_nothing_changes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut plain = target(dir.path(), dir.path());
-        plain.layout = Layout::Files;
-        let old = bundle();
-        file::write(&plain, &old).unwrap();
+        let (plain, old) = plain_files(dir.path());
         let t = target(dir.path(), dir.path());
         let folder = super::folder(&t);
 
