@@ -73,13 +73,58 @@ pub async fn run_with_stdin(
     stdin: Option<Vec<u8>>,
     timeout: Duration,
 ) -> Result<CommandOutcome, SpawnError> {
+    let input = match stdin {
+        Some(bytes) => Input::Bytes(bytes),
+        None => Input::Nothing,
+    };
+    run_inner(argv, env, input, timeout).await
+}
+
+/// [`run_with_stdin`] in two steps: `first` is written, and only when the
+/// child prints the line `ready` on its standard output is `then` written
+/// (and standard input closed). A child that ends, or closes its output,
+/// without printing it never gets `then`; nor does one whose caller went
+/// away (this future dropped, the process killed) before it was sent. A
+/// remote script can so wait for a last word before it changes anything.
+pub async fn run_two_step(
+    argv: &[String],
+    first: Vec<u8>,
+    ready: &str,
+    then: Vec<u8>,
+    timeout: Duration,
+) -> Result<CommandOutcome, SpawnError> {
+    let input = Input::TwoStep {
+        first,
+        ready: ready.to_string(),
+        then,
+    };
+    run_inner(argv, &[], input, timeout).await
+}
+
+enum Input {
+    Nothing,
+    Bytes(Vec<u8>),
+    TwoStep {
+        first: Vec<u8>,
+        ready: String,
+        then: Vec<u8>,
+    },
+}
+
+async fn run_inner(
+    argv: &[String],
+    env: &[(String, String)],
+    input: Input,
+    timeout: Duration,
+) -> Result<CommandOutcome, SpawnError> {
+    use tokio::io::AsyncWriteExt;
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
+        .stdin(if matches!(input, Input::Nothing) {
             Stdio::null()
+        } else {
+            Stdio::piped()
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -90,17 +135,50 @@ pub async fn run_with_stdin(
     })?;
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
-    let input = child.stdin.take();
-    let write = async move {
-        if let (Some(mut pipe), Some(bytes)) = (input, stdin) {
-            use tokio::io::AsyncWriteExt;
-            let _ = pipe.write_all(&bytes).await;
-            let _ = pipe.shutdown().await;
+    let pipe = child.stdin.take();
+    // Feeds standard input while reading standard output to its end.
+    let talk = async move {
+        let mut o = Vec::new();
+        match (input, pipe) {
+            (Input::Bytes(bytes), Some(mut pipe)) => {
+                let write = async {
+                    let _ = pipe.write_all(&bytes).await;
+                    let _ = pipe.shutdown().await;
+                };
+                let _ = tokio::join!(out.read_to_end(&mut o), write);
+            }
+            (Input::TwoStep { first, ready, then }, Some(mut pipe)) => {
+                let write = async {
+                    let _ = pipe.write_all(&first).await;
+                    let _ = pipe.flush().await;
+                };
+                let seen = async {
+                    let mut buf = [0u8; 4096];
+                    while !has_line(&o, &ready) {
+                        match out.read(&mut buf).await {
+                            Ok(0) | Err(_) => return false,
+                            Ok(n) => o.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    true
+                };
+                let ((), seen) = tokio::join!(write, seen);
+                if seen {
+                    let _ = pipe.write_all(&then).await;
+                }
+                let _ = pipe.shutdown().await;
+                drop(pipe);
+                let _ = out.read_to_end(&mut o).await;
+            }
+            _ => {
+                let _ = out.read_to_end(&mut o).await;
+            }
         }
+        o
     };
     let read = async {
-        let (mut o, mut e) = (Vec::new(), Vec::new());
-        let _ = tokio::join!(out.read_to_end(&mut o), err.read_to_end(&mut e), write);
+        let mut e = Vec::new();
+        let (o, _) = tokio::join!(talk, err.read_to_end(&mut e));
         (o, e)
     };
     let waited = tokio::time::timeout(timeout, async {
@@ -123,6 +201,16 @@ pub async fn run_with_stdin(
         stdout: bounded(&o),
         stderr: bounded(&e),
     })
+}
+
+/// Whether `text` has `line` as a whole line (ended by a newline).
+fn has_line(text: &[u8], line: &str) -> bool {
+    let Some(end) = text.iter().rposition(|b| *b == b'\n') else {
+        return false;
+    };
+    text[..end]
+        .split(|b| *b == b'\n')
+        .any(|l| l == line.as_bytes())
 }
 
 fn bounded(b: &[u8]) -> String {
@@ -159,6 +247,38 @@ mod tests {
 
     fn argv(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn two_steps_send_the_last_word_only_after_the_ready_line() {
+        let script = "read a; echo almost-ready; echo ready; read b; echo \"got $a $b\"";
+        let o = run_two_step(
+            &argv(&["sh", "-c", script]),
+            b"one\n".to_vec(),
+            "ready",
+            b"two\n".to_vec(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert!(o.success(), "{o:?}");
+        assert_eq!(o.stdout, "almost-ready\nready\ngot one two\n");
+
+        // It closes its output without the line: the last word never comes.
+        let script = "read a; exec >&-; read b; echo \"a=$a b=$b\" >&2";
+        let o = run_two_step(
+            &argv(&["sh", "-c", script]),
+            b"one\n".to_vec(),
+            "ready",
+            b"two\n".to_vec(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(o.stderr, "a=one b=\n");
+        assert!(has_line(b"x\nready\n", "ready"));
+        assert!(!has_line(b"x\nready", "ready"), "not yet a whole line");
+        assert!(!has_line(b"x\nready-not\n", "ready"));
     }
 
     #[tokio::test]

@@ -270,8 +270,9 @@ fn wait_group_gone(pgid: i32, limit: Duration) -> Result<(), String> {
 }
 
 /// Waits until no process names one of `dirs` on its command line: the
-/// remote script of a killed run's `ssh` (and its `mv`, its reload) go on
-/// after the client dies, detached from sshd, and would be caught half way.
+/// remote script of a killed run's `ssh` (and its reload) go on after the
+/// client dies, detached from sshd: to clean up what it staged (it never
+/// got certherd's commit), or to finish the switch it was told to make.
 fn wait_remote_scripts_gone(dirs: &[PathBuf], limit: Duration) -> Result<(), String> {
     let me = std::process::id().to_string();
     let needles: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();

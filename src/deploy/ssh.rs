@@ -11,9 +11,12 @@
 //! side a shell is unavoidable; every path in it is single-quoted) reads the
 //! contents from stdin, line-counted, writes each file to
 //! `<dir>/.certherd-tmp-<name>-<random>` with umask 077, sets mode, owner
-//! and group, syncs, and only when every file is written renames them all
-//! into place. On any failure it removes its temp files and exits 1 with a
-//! message naming the path. Private keys never appear on a command line.
+//! and group, syncs, prints `certherd-ready`, and only when certherd answers
+//! `commit` renames them all into place (or, with `layout: links`, switches
+//! the `current` link: see [`super::links`]). On any failure, the end of its
+//! input among them (its certherd was killed), it removes its temp files
+//! and exits 1 with a message naming the path. Private keys never appear on
+//! a command line.
 //! A PKCS#12 file, being binary, travels as base64 lines and is decoded
 //! there with `base64 -d`.
 
@@ -31,6 +34,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(30);
 /// ssh's own exit status for its errors (connection, authentication, host key).
 const SSH_FAILED: i32 = 255;
+/// What the remote write script prints when every file is staged, and
+/// what certherd answers for it to switch them.
+const READY: &str = "certherd-ready";
+const COMMIT: &str = "commit";
 
 /// `'…'` for a POSIX shell: the string, single-quoted, with `'` as `'\''`.
 pub fn quote(s: &str) -> String {
@@ -222,6 +229,15 @@ pub fn write_script(
         s,
         "sync -- {} 2>/dev/null || sync 2>/dev/null || :",
         staged.join(" ")
+    );
+    // Nothing is switched until certherd says so: a script whose certherd
+    // was killed (and whose ssh died with it) reads the end of its input
+    // instead, removes what it staged and changes nothing, rather than
+    // finishing on its own beside a certherd started since.
+    let _ = writeln!(
+        s,
+        "echo {READY}\nIFS= read -r go || go=\n[ \"$go\" = {COMMIT} ] || fail {}",
+        quote("certherd went away before the files were switched; nothing was changed")
     );
     if links {
         switch_links_script(&mut s, &files, &folder, nonce);
@@ -415,7 +431,8 @@ fn ssh_error(target: &str, t: &SshTarget, outcome: &CommandOutcome) -> DeployErr
 pub async fn write(target: &str, t: &SshTarget, b: &Bundle) -> Result<(), DeployError> {
     let (script, stdin) = write_script(t, b, &nonce())?;
     let argv = ssh_argv(t, &remote_sh(&script));
-    let outcome = process::run_with_stdin(&argv, &[], Some(stdin), WRITE_TIMEOUT).await?;
+    let commit = format!("{COMMIT}\n").into_bytes();
+    let outcome = process::run_two_step(&argv, stdin, READY, commit, WRITE_TIMEOUT).await?;
     if outcome.success() {
         return Ok(());
     }
@@ -614,8 +631,13 @@ mod tests {
         );
         assert!(script.contains(r"'/etc/it'\''s here/.certherd-tmp-site.pem-n-0'"));
         let last_write = script.rfind("recv ").unwrap();
+        let ready = script.find("echo certherd-ready\n").unwrap();
+        let commit = script.find("[ \"$go\" = commit ] || fail").unwrap();
         let first_mv = script.find("mv -f").unwrap();
-        assert!(last_write < first_mv, "{script}");
+        assert!(
+            last_write < ready && ready < commit && commit < first_mv,
+            "{script}"
+        );
         assert!(script.contains("chgrp -- 'ssl-cert'"), "{script}");
         assert!(script.contains("chmod 600 '/etc/tls/.certherd-tmp-site.key-n-1'"));
         assert!(script.contains("chmod 644 "));
@@ -659,6 +681,83 @@ mod tests {
         );
         assert!(preflight_script(&t, None).contains("mv --help"));
         assert!(!preflight_script(&target(), None).contains("mv --help"));
+    }
+
+    /// Every entry under `dir`: a link's text, a file's bytes.
+    fn tree(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.is_symlink() {
+                let text = std::fs::read_link(&p).unwrap();
+                out.push((p, text.into_os_string().into_encoded_bytes()));
+            } else if meta.is_dir() {
+                out.push((p.clone(), Vec::new()));
+                out.extend(tree(&p));
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The write script run by `sh`, as sshd would run it, fed `stdin`.
+    fn run_script(script: &str, stdin: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    #[test]
+    fn without_certherds_commit_the_script_changes_nothing_and_with_it_switches() {
+        for layout in [Layout::Files, Layout::Links] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut t = target();
+            t.files = FileTarget {
+                files: FileSet {
+                    fullchain: Some(dir.path().join("site.pem")),
+                    key: Some(dir.path().join("site.key")),
+                    ..FileSet::default()
+                },
+                mode: 0o600,
+                owner: None,
+                group: None,
+                layout,
+            };
+            let old = crate::deploy::file::tests::bundle();
+            crate::deploy::file::write(&t.files, &old).unwrap();
+            let before = tree(dir.path());
+            let new = crate::deploy::file::tests::bundle();
+            let (script, stdin) = write_script(&t, &new, "0123456789abcdef").unwrap();
+
+            // certherd killed after sending the files: the input just ends.
+            let out = run_script(&script, &stdin);
+            assert_eq!(out.status.code(), Some(1), "{layout:?}: {out:?}");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "certherd-ready\n");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stderr),
+                "certherd: certherd went away before the files were switched; nothing was \
+                 changed\n"
+            );
+            assert_eq!(tree(dir.path()), before, "{layout:?}");
+            assert!(crate::deploy::file::holds(&t.files, &old));
+
+            let mut committed = stdin.clone();
+            committed.extend_from_slice(b"commit\n");
+            let out = run_script(&script, &committed);
+            assert!(out.status.success(), "{layout:?}: {out:?}");
+            assert!(crate::deploy::file::holds(&t.files, &new), "{layout:?}");
+        }
     }
 
     #[test]
