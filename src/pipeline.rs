@@ -179,10 +179,11 @@ pub async fn renew(
     let plans = &plans;
     let reports: Vec<Result<CertReport, RunError>> = stream::iter(staged)
         .map(|(i, cert, issuance, renewed)| async move {
-            let mode = DeployMode::Renew {
-                renewed,
-                force: opts.force,
-            };
+            // `--force` renews every selected certificate, and a renewed one
+            // goes to every target; when the renewal failed, the targets
+            // are only checked, as on any run (no reload of every service
+            // for the certificate it already has).
+            let mode = DeployMode::Renew { renewed };
             let targets = deploy_certificate(store, cert, currents[i].as_ref(), mode, &[]).await?;
             Ok(CertReport::new(
                 cert,
@@ -520,7 +521,7 @@ async fn rehearse(
 #[derive(Debug, Clone, Copy)]
 enum DeployMode {
     /// `renew`: push where the target lacks the current certificate.
-    Renew { renewed: bool, force: bool },
+    Renew { renewed: bool },
     /// `deploy`: push unconditionally.
     Always,
 }
@@ -680,7 +681,7 @@ async fn one_target(
     let mut report = TargetReport::new(t, TargetAction::Checked);
     let push = match mode {
         DeployMode::Always => true,
-        DeployMode::Renew { renewed, force } => {
+        DeployMode::Renew { renewed } => {
             let moved = previous.as_ref().is_some_and(|r| {
                 r.destination
                     .as_ref()
@@ -698,7 +699,7 @@ async fn one_target(
                 Some(holds) => !holds || !recorded,
                 None => !recorded,
             };
-            let mut push = renewed || force || lacks;
+            let mut push = renewed || lacks;
             if !push {
                 report.action = TargetAction::Unchanged;
                 // It should serve the certificate already; if it does not, push again.

@@ -242,6 +242,14 @@ fn persistent_503_fails_after_bounded_attempts_and_keeps_the_previous_certificat
                 .trim_end_matches(&env.proxy.path("directory"))
         )
     );
+    // `--force` asked for a new certificate; none came, so the target is
+    // only checked, not written (or reloaded) again with the old one.
+    assert!(
+        run.stdout
+            .contains("  files (file): already held the current certificate"),
+        "{}",
+        run.stdout
+    );
     let seen = env.new_orders();
     assert_eq!(statuses(&seen), [Some(503); 4]);
     // Backoff, not hammering: 250 ms, 500 ms, 1 s apart.

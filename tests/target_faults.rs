@@ -211,11 +211,28 @@ fn a_full_state_directory_fails_the_renewal_and_keeps_the_previous_certificate()
     let status = status_json(&setup, &["--offline"]);
     assert_eq!(status["certificates"][0]["targets"][0]["state"], "current");
     assert_eq!(deployed_sha256(&out), sha);
+    // No new certificate: the target is checked, not written again.
     assert!(
-        run.stderr
+        run.stdout
+            .contains("  files (file): already held the current certificate"),
+        "{}",
+        run.stdout
+    );
+    // `deploy` still writes the target; only remembering it fails, and
+    // says so.
+    let deploy = setup.run(&["deploy"]);
+    deploy.assert_code(0);
+    assert!(
+        deploy.stdout.contains("  files (file): deployed"),
+        "{}",
+        deploy.stdout
+    );
+    assert!(
+        deploy
+            .stderr
             .contains("could not record the target's state; the next run deploys to it again"),
         "{}",
-        run.stderr
+        deploy.stderr
     );
 
     // Space again: the renewal goes through.
