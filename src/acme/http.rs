@@ -5,7 +5,8 @@
 //!
 //! A `Retry-After` the CA sends holds every request of the client until it
 //! has passed, not only the one that got it: concurrent orders do not keep
-//! knocking while the CA has asked for a pause. An answer that still says
+//! knocking while the CA has asked for a pause. A 5xx or 429 without one
+//! holds them for the backoff of the request that got it. An answer that still says
 //! "later" (5xx, 429) once the retries are spent is an error
 //! ([`RequestFailed`]) with the status, the CA's problem document and the
 //! number of attempts, so the report says what the CA said.
@@ -217,7 +218,12 @@ impl AcmeHttp {
                         }
                         Some(asked)
                     }
-                    None => Some(delay),
+                    None => {
+                        // No word from the CA on how long: the others back
+                        // off with this request rather than knock meanwhile.
+                        self.hold_until(tokio::time::Instant::now() + delay);
+                        Some(delay)
+                    }
                 },
                 Ok(_) => None,
                 Err(_) => Some(delay),
@@ -461,6 +467,33 @@ mod tests {
         assert!(
             start.elapsed() >= Duration::from_secs(1),
             "the second request went out during the pause"
+        );
+        assert_eq!(first.await.unwrap(), 200);
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_server_error_without_retry_after_holds_the_others_for_its_backoff() {
+        let (url, count) = server(vec![(503, None), (200, None)]).await;
+        let policy = RetryPolicy {
+            attempts: 4,
+            first_delay: Duration::from_millis(500),
+            max_wait: Duration::from_secs(2),
+        };
+        let c = AcmeHttp::new(&[] as &[&Path], policy).unwrap();
+        let start = std::time::Instant::now();
+        let first = tokio::spawn({
+            let (c, url) = (c.clone(), url.clone());
+            async move { get(&c, &url).await.unwrap() }
+        });
+        while c.hold.lock().unwrap().is_none() {
+            assert!(start.elapsed() < Duration::from_secs(5), "no hold was set");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(get(&c, &url).await.unwrap(), 200);
+        assert!(
+            start.elapsed() >= Duration::from_millis(500),
+            "the second request went out during the first one's backoff"
         );
         assert_eq!(first.await.unwrap(), 200);
         assert_eq!(count.load(Ordering::SeqCst), 3);
