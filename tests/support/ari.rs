@@ -24,20 +24,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 
-use super::process::ScratchDir;
-use super::tls::{https_client_trusting, ring_provider, TestCa};
+use super::front::{split_url, Front};
 use super::Pebble;
 
 /// What `GET /renewal-info/<certID>` answers.
@@ -79,112 +75,44 @@ struct Shared {
 /// The proxy; stopped on drop.
 pub struct AriProxy {
     shared: Arc<Shared>,
-    addr: SocketAddr,
-    root: PathBuf,
-    runtime: Option<tokio::runtime::Runtime>,
-    _dir: ScratchDir,
+    front: Front,
 }
 
 impl AriProxy {
     /// Starts the proxy in front of `pebble`, offering ARI and no profiles,
     /// answering 404 for every certificate until told otherwise.
     pub fn start(pebble: &Pebble) -> AriProxy {
-        let dir = ScratchDir::new("certherd-ari-proxy-");
-        let ca = TestCa::new("certherd test CA for the ARI proxy");
-        let leaf = ca.issue(&["localhost", "127.0.0.1"]);
-        let root = dir.path().join("ari-proxy-root.pem");
-        std::fs::write(&root, &ca.cert_pem).expect("write the proxy's root");
-
-        let certs =
-            vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).expect("leaf PEM")];
-        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key PEM");
-        let mut tls = rustls::ServerConfig::builder_with_provider(ring_provider())
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .expect("proxy TLS config");
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("proxy runtime");
-        let directory_url = pebble.directory_url();
-        let (pebble_base, directory_path) = split_url(&directory_url);
-        let upstream = https_client_trusting(&[pebble.ca_tls_root_path()]);
-        let directory = runtime.block_on(async {
-            upstream
-                .get(&directory_url)
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .expect("Pebble's directory")
-                .bytes()
-                .await
-                .expect("Pebble's directory")
-        });
-        let directory: serde_json::Value =
-            serde_json::from_slice(&directory).expect("Pebble's directory is JSON");
-        let new_order = directory["newOrder"]
+        let (mut front, upstream) = Front::bind(pebble, "ari-proxy");
+        let new_order = upstream.directory["newOrder"]
             .as_str()
             .expect("newOrder in the directory");
         let (_, new_order_path) = split_url(new_order);
-
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind the proxy");
-        let addr = listener.local_addr().expect("proxy address");
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 offer_ari: true,
                 ..State::default()
             }),
-            upstream,
-            pebble_base,
+            upstream: upstream.client,
+            pebble_base: upstream.base,
             new_order_path,
-            directory_path,
+            directory_path: upstream.directory_path,
         });
-        let accept_shared = shared.clone();
-        runtime.spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (acceptor, shared) = (acceptor.clone(), accept_shared.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let svc = hyper::service::service_fn(move |req| {
-                        let shared = shared.clone();
-                        async move { Ok::<_, Infallible>(handle(&shared, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
+        let serving = shared.clone();
+        front.serve(move |_fd, req| {
+            let shared = serving.clone();
+            async move { Ok::<_, Infallible>(handle(&shared, req).await) }
         });
-        AriProxy {
-            shared,
-            addr,
-            root,
-            runtime: Some(runtime),
-            _dir: dir,
-        }
+        AriProxy { shared, front }
     }
 
     /// The directory through the proxy: `https://127.0.0.1:PORT/dir`.
     pub fn directory_url(&self) -> String {
-        format!("https://{}{}", self.addr, self.shared.directory_path)
+        self.front.directory_url()
     }
 
     /// The root that signed the proxy's TLS certificate (for `trust_roots`).
     pub fn tls_root_path(&self) -> &Path {
-        &self.root
+        self.front.tls_root_path()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -229,26 +157,6 @@ impl AriProxy {
     /// Every newOrder payload, decoded, in order.
     pub fn new_orders(&self) -> Vec<serde_json::Value> {
         self.state().new_orders.clone()
-    }
-}
-
-impl Drop for AriProxy {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-/// `https://host:port/path` → (`https://host:port`, `/path`).
-fn split_url(url: &str) -> (String, String) {
-    let after_scheme = url.find("://").expect("absolute URL") + 3;
-    match url[after_scheme..].find('/') {
-        Some(i) => (
-            url[..after_scheme + i].to_string(),
-            url[after_scheme + i..].to_string(),
-        ),
-        None => (url.to_string(), "/".to_string()),
     }
 }
 

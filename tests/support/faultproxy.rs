@@ -20,9 +20,8 @@
 //! measure their spacing.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::RawFd;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,11 +29,8 @@ use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::{Method, Request, Response};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::process::ScratchDir;
-use super::tls::{https_client_trusting, ring_provider, TestCa};
+use super::front::{split_url, Front};
 use super::Pebble;
 
 /// What the proxy does to a matching request.
@@ -144,106 +140,36 @@ struct Shared {
 /// The proxy; stopped on drop.
 pub struct FaultProxy {
     shared: Arc<Shared>,
-    addr: SocketAddr,
-    root: PathBuf,
-    runtime: Option<tokio::runtime::Runtime>,
-    _dir: ScratchDir,
+    front: Front,
 }
 
 impl FaultProxy {
     /// Starts the proxy in front of `pebble`, with no fault scripted.
     pub fn start(pebble: &Pebble) -> FaultProxy {
-        let dir = ScratchDir::new("certherd-fault-proxy-");
-        let ca = TestCa::new("certherd test CA for the fault proxy");
-        let leaf = ca.issue(&["localhost", "127.0.0.1"]);
-        let root = dir.path().join("fault-proxy-root.pem");
-        std::fs::write(&root, &ca.cert_pem).expect("write the proxy's root");
-
-        let certs =
-            vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).expect("leaf PEM")];
-        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key PEM");
-        let mut tls = rustls::ServerConfig::builder_with_provider(ring_provider())
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .expect("proxy TLS config");
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("proxy runtime");
-        let directory_url = pebble.directory_url();
-        let (pebble_base, directory_path) = split_url(&directory_url);
-        let upstream = https_client_trusting(&[pebble.ca_tls_root_path()]);
-        let directory = runtime.block_on(async {
-            upstream
-                .get(&directory_url)
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .expect("Pebble's directory")
-                .bytes()
-                .await
-                .expect("Pebble's directory")
-        });
-        let directory: serde_json::Value =
-            serde_json::from_slice(&directory).expect("Pebble's directory is JSON");
-
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind the proxy");
-        let addr = listener.local_addr().expect("proxy address");
+        let (mut front, upstream) = Front::bind(pebble, "fault-proxy");
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
-            upstream,
-            pebble_base,
-            directory,
-            directory_path,
+            upstream: upstream.client,
+            pebble_base: upstream.base,
+            directory: upstream.directory,
+            directory_path: upstream.directory_path,
         });
-        let accept_shared = shared.clone();
-        runtime.spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let fd = stream.as_raw_fd();
-                let (acceptor, shared) = (acceptor.clone(), accept_shared.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let svc = hyper::service::service_fn(move |req| {
-                        let shared = shared.clone();
-                        async move { handle(&shared, fd, req).await }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
+        let serving = shared.clone();
+        front.serve(move |fd, req| {
+            let shared = serving.clone();
+            async move { handle(&shared, fd, req).await }
         });
-        FaultProxy {
-            shared,
-            addr,
-            root,
-            runtime: Some(runtime),
-            _dir: dir,
-        }
+        FaultProxy { shared, front }
     }
 
     /// The directory through the proxy: `https://127.0.0.1:PORT/dir`.
     pub fn directory_url(&self) -> String {
-        format!("https://{}{}", self.addr, self.shared.directory_path)
+        self.front.directory_url()
     }
 
     /// The root that signed the proxy's TLS certificate (for `trust_roots`).
     pub fn tls_root_path(&self) -> &Path {
-        &self.root
+        self.front.tls_root_path()
     }
 
     /// The path of one of Pebble's resources: `directory`, or a directory
@@ -318,26 +244,6 @@ pub fn gaps(seen: &[Seen]) -> Vec<Duration> {
     seen.windows(2)
         .map(|w| w[1].at.duration_since(w[0].at))
         .collect()
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-/// `https://host:port/path` → (`https://host:port`, `/path`).
-fn split_url(url: &str) -> (String, String) {
-    let after_scheme = url.find("://").expect("absolute URL") + 3;
-    match url[after_scheme..].find('/') {
-        Some(i) => (
-            url[..after_scheme + i].to_string(),
-            url[after_scheme + i..].to_string(),
-        ),
-        None => (url.to_string(), "/".to_string()),
-    }
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;

@@ -20,6 +20,7 @@
 pub mod ari;
 pub mod bind;
 pub mod faultproxy;
+pub mod front;
 pub mod haproxy;
 pub mod mail;
 pub mod nginx;
