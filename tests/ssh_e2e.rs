@@ -323,7 +323,7 @@ certificates:
     let path = setup.config_path();
     let p = path.display();
     for expected in [
-        format!("{p}:20:9: unknown key `password` in target \"lb1\" (expected one of: name, type, host, port, user, identity, known_hosts, jump, cert, chain, fullchain, key, combined, pkcs12, pkcs12_password, pkcs12_name, mode, owner, group, layout, reload, reload_timeout, verify)"),
+        format!("{p}:20:9: unknown key `password` in target \"lb1\" (expected one of: name, type, host, port, user, identity, known_hosts, jump, ssh_config, cert, chain, fullchain, key, combined, pkcs12, pkcs12_password, pkcs12_name, mode, owner, group, layout, reload, reload_timeout, verify)"),
         format!("{p}:14:15: `host` must be a host name or address, not \"-oProxyCommand=evil\""),
         format!("{p}:15:15: `port` must be a port number from 1 to 65535, not \"0\""),
         format!("{p}:16:15: `user` \"a@b\" is not a valid user name"),
@@ -430,4 +430,78 @@ fn layout_links_turns_the_remote_files_into_links_switched_at_once() {
     let w = versions(&folder);
     assert_eq!(w.len(), 1, "{w:?}");
     assert_ne!(w, v);
+}
+
+#[test]
+fn a_jump_host_from_a_dedicated_ssh_config_is_gone_through() {
+    let pebble = Pebble::start(PebbleOptions::default());
+    let setup = Setup::new();
+    let bastion = Sshd::start();
+    let target = Sshd::start();
+    // The jump host is configured only in certherd's own ssh_config (ssh
+    // hands `-F` on to the jump connection); the target host by its keys.
+    let bastion_kh = setup.dir.path().join("known_hosts-bastion");
+    fs::write(&bastion_kh, format!("{}\n", bastion.known_hosts_line())).unwrap();
+    let ssh_config = setup.dir.path().join("ssh_config");
+    fs::write(
+        &ssh_config,
+        format!(
+            "Host bastion\n  HostName 127.0.0.1\n  Port {}\n  IdentityFile {}\n  \
+             IdentitiesOnly yes\n  UserKnownHostsFile {}\n  GlobalKnownHostsFile /dev/null\n  \
+             StrictHostKeyChecking yes\n  BatchMode yes\n",
+            bastion.port(),
+            bastion.client_key_path().display(),
+            bastion_kh.display()
+        ),
+    )
+    .unwrap();
+    let host = Host::trusted(&setup, "lb", &target);
+    let yaml = host.yaml().replace(
+        "        fullchain:",
+        &format!(
+            "        jump: bastion\n        ssh_config: {}\n        fullchain:",
+            ssh_config.display()
+        ),
+    );
+    setup.write_config(&site_config(&pebble, &setup, &[SITE], &yaml));
+    let logins = |s: &Sshd| s.log().matches("Accepted publickey").count();
+    assert_eq!(logins(&bastion), 0);
+
+    setup.run(&["renew", "--dry-run"]).assert_code(0);
+    let run = setup.run(&["renew"]);
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("  lb (ssh): deployed"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        fs::read(&host.fullchain).unwrap(),
+        fs::read(stored_dir(&setup).join("fullchain.pem")).unwrap()
+    );
+    // Every connection to the target (dry-run check, write, reload) went
+    // through the bastion.
+    assert_eq!(logins(&target), 3, "{}", target.log());
+    assert_eq!(logins(&bastion), 3, "{}", bastion.log());
+
+    // A bastion whose key is not the one known: refused, nothing written.
+    fs::write(
+        &bastion_kh,
+        format!("{}\n", bastion.wrong_known_hosts_line()),
+    )
+    .unwrap();
+    let before = fs::read(&host.key).unwrap();
+    let refused = setup.run(&["deploy"]);
+    refused.assert_code(1);
+    assert!(
+        refused.stdout.contains(&format!(
+            "  lb (ssh): FAILED: ssh target \"lb\": host key for [127.0.0.1]:{} (the jump host) \
+             does not match the one in {} (it changed); refusing to connect",
+            bastion.port(),
+            bastion_kh.display()
+        )),
+        "{}",
+        refused.stdout
+    );
+    assert_eq!(fs::read(&host.key).unwrap(), before);
 }

@@ -53,6 +53,7 @@ const SSH_KEYS: &[&str] = &[
     "identity",
     "known_hosts",
     "jump",
+    "ssh_config",
     "cert",
     "chain",
     "fullchain",
@@ -442,6 +443,7 @@ fn ssh_target(m: &Map<'_>, cx: &Context<'_>, d: &mut Diag) -> Option<SshTarget> 
     };
     let identity = local_path("identity", &mut ok);
     let known_hosts = local_path("known_hosts", &mut ok);
+    let ssh_config = local_path("ssh_config", &mut ok);
     let jump = match m.get("jump") {
         Some(n) => match yaml::nonempty_string(n, "`jump`", d) {
             Some(j) => {
@@ -467,6 +469,7 @@ fn ssh_target(m: &Map<'_>, cx: &Context<'_>, d: &mut Diag) -> Option<SshTarget> 
         identity,
         known_hosts,
         jump,
+        ssh_config,
         files: files?,
     })
 }

@@ -481,6 +481,9 @@ pub struct SshTarget {
     pub known_hosts: Option<PathBuf>,
     /// A host to connect through (ssh's `-J`).
     pub jump: Option<String>,
+    /// An ssh configuration file to read instead of the user's and the
+    /// system's (ssh's `-F`; ssh passes it on to the jump connection).
+    pub ssh_config: Option<PathBuf>,
     /// Remote paths (absolute), mode, owner and group.
     pub files: FileTarget,
 }

@@ -55,9 +55,11 @@ pub fn host_label(t: &SshTarget) -> String {
 
 /// The local `ssh` argv that runs `remote_command` on the target's host.
 pub fn ssh_argv(t: &SshTarget, remote_command: &str) -> Vec<String> {
-    let mut argv: Vec<String> = ["ssh", "-T", "-o", "BatchMode=yes", "-o"]
-        .map(String::from)
-        .to_vec();
+    let mut argv: Vec<String> = vec!["ssh".into()];
+    if let Some(config) = &t.ssh_config {
+        argv.extend(["-F".into(), config.display().to_string()]);
+    }
+    argv.extend(["-T", "-o", "BatchMode=yes", "-o"].map(String::from));
     argv.push("StrictHostKeyChecking=yes".into());
     argv.extend(["-o".into(), "ConnectTimeout=15".into()]);
     if let Some(kh) = &t.known_hosts {
@@ -96,14 +98,30 @@ fn ssh_problem(t: &SshTarget, outcome: &CommandOutcome) -> String {
         None => "ssh's known_hosts files".to_string(),
     };
     let err = outcome.stderr.trim();
+    // Which host's key ssh refused: the target's, or (through `jump`) the
+    // jump host's, as ssh names it; the file is the one ssh names.
+    let refused_host = between(err, "Host key for ", " has changed")
+        .or_else(|| between(err, " host key is known for ", " and you have"))
+        .map(|h| h.to_string());
+    let (host, in_file) = match refused_host {
+        Some(h) if h != label => {
+            // "Offending ED25519 key in /path/known_hosts:1"
+            let file = between(err, "Offending ", ":")
+                .and_then(|o| o.split_once(" key in "))
+                .map(|(_, f)| f.to_string())
+                .unwrap_or_else(|| "the known_hosts files ssh reads for it".to_string());
+            (format!("{h} (the jump host)"), file)
+        }
+        _ => (label.clone(), known),
+    };
     let what = if outcome.timed_out {
         "ssh timed out".to_string()
     } else if err.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
         || err.contains("differs from the key for the IP address")
     {
-        format!("host key for {label} does not match the one in {known} (it changed); refusing to connect")
+        format!("host key for {host} does not match the one in {in_file} (it changed); refusing to connect")
     } else if err.contains("Host key verification failed") {
-        format!("host key for {label} is not in {known}; refusing to connect")
+        format!("host key for {host} is not in {in_file}; refusing to connect")
     } else if err.contains("Permission denied") {
         format!("authentication to {label} failed")
     } else {
@@ -114,6 +132,15 @@ fn ssh_problem(t: &SshTarget, outcome: &CommandOutcome) -> String {
     } else {
         format!("{what}: ssh said: {}", one_line(err))
     }
+}
+
+/// The text between the first `start` and the `end` after it, on one line.
+fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let from = s.find(start)? + start.len();
+    let rest = &s[from..];
+    let to = rest.find(end)?;
+    let found = &rest[..to];
+    (!found.contains('\n') && !found.is_empty()).then_some(found)
 }
 
 fn one_line(s: &str) -> String {
@@ -586,6 +613,7 @@ mod tests {
             identity: Some(PathBuf::from("/etc/certherd/id_ed25519")),
             known_hosts: Some(PathBuf::from("/etc/certherd/known_hosts")),
             jump: Some("bastion".into()),
+            ssh_config: None,
             files: FileTarget {
                 files: FileSet {
                     fullchain: Some(PathBuf::from("/etc/it's here/site.pem")),
@@ -598,6 +626,47 @@ mod tests {
                 layout: crate::config::Layout::Files,
             },
         }
+    }
+
+    #[test]
+    fn an_ssh_config_file_is_read_instead_of_the_users() {
+        let mut t = target();
+        t.ssh_config = Some(PathBuf::from("/etc/certherd/ssh_config"));
+        let argv = ssh_argv(&t, "true");
+        assert_eq!(argv[..3], ["ssh", "-F", "/etc/certherd/ssh_config"]);
+        assert_eq!(argv[3], "-T");
+    }
+
+    #[test]
+    fn a_refused_host_key_names_the_host_ssh_refused() {
+        let t = target();
+        let failed = |stderr: &str| CommandOutcome {
+            argv: vec!["ssh".into()],
+            code: Some(255),
+            timed_out: false,
+            timeout: Duration::from_secs(1),
+            stdout: String::new(),
+            stderr: stderr.into(),
+        };
+        let unknown_jump = "No ED25519 host key is known for bastion and you have requested \
+                            strict checking.\nHost key verification failed.\n";
+        assert!(ssh_problem(&t, &failed(unknown_jump)).starts_with(
+            "host key for bastion (the jump host) is not in the known_hosts files ssh reads \
+             for it; refusing to connect: ssh said: "
+        ));
+        let unknown_target = "No ED25519 host key is known for [lb1.example.com]:2222 and you \
+                              have requested strict checking.\nHost key verification failed.\n";
+        assert!(ssh_problem(&t, &failed(unknown_target)).starts_with(
+            "host key for [lb1.example.com]:2222 is not in /etc/certherd/known_hosts; refusing"
+        ));
+        let changed_jump = "@@@\n@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @\n\
+                            Offending ED25519 key in /etc/certherd/kh-bastion:3\n\
+                            Host key for bastion has changed and you have requested strict \
+                            checking.\nHost key verification failed.\n";
+        assert!(ssh_problem(&t, &failed(changed_jump)).starts_with(
+            "host key for bastion (the jump host) does not match the one in \
+             /etc/certherd/kh-bastion (it changed); refusing to connect"
+        ));
     }
 
     #[test]
