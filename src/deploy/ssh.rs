@@ -455,7 +455,40 @@ fn ssh_error(target: &str, t: &SshTarget, outcome: &CommandOutcome) -> DeployErr
 }
 
 /// Write every file on the remote host; they change together.
+/// `ssh_config` may name commands ssh runs (`ProxyCommand`,
+/// `LocalCommand`), and ssh does not check the permissions of a file given
+/// with `-F`: refuse one that another user could change.
+fn check_ssh_config(target: &str, t: &SshTarget) -> Result<(), DeployError> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(path) = &t.ssh_config else {
+        return Ok(());
+    };
+    let meta = std::fs::metadata(path).map_err(|e| {
+        DeployError::Command(format!(
+            "ssh target {target:?}: cannot read ssh_config {}: {e}",
+            path.display()
+        ))
+    })?;
+    let me = rustix::process::geteuid().as_raw();
+    let why = if meta.mode() & 0o022 != 0 {
+        format!(
+            "can be written by others (mode {:04o})",
+            meta.mode() & 0o7777
+        )
+    } else if meta.uid() != me && meta.uid() != 0 {
+        format!("belongs to uid {}", meta.uid())
+    } else {
+        return Ok(());
+    };
+    Err(DeployError::Command(format!(
+        "ssh target {target:?}: ssh_config {} {why}; ssh runs the commands it names, so \
+         certherd refuses it",
+        path.display()
+    )))
+}
+
 pub async fn write(target: &str, t: &SshTarget, b: &Bundle) -> Result<(), DeployError> {
+    check_ssh_config(target, t)?;
     let (script, stdin) = write_script(t, b, &nonce())?;
     let argv = ssh_argv(t, &remote_sh(&script));
     let commit = format!("{COMMIT}\n").into_bytes();
@@ -479,6 +512,7 @@ pub async fn reload(
     t: &SshTarget,
     cmd: &CommandSpec,
 ) -> Result<CommandOutcome, DeployError> {
+    check_ssh_config(target, t)?;
     let remote: Vec<String> = cmd.argv.iter().map(|a| quote(a)).collect();
     let argv = ssh_argv(t, &remote.join(" "));
     let mut outcome = process::run(&argv, &[], cmd.timeout).await?;
@@ -575,6 +609,11 @@ pub fn preflight_script(t: &SshTarget, reload: Option<&CommandSpec>) -> String {
 
 /// Problems found by connecting and checking, each naming the host.
 pub async fn preflight(t: &SshTarget, reload: Option<&CommandSpec>) -> Vec<String> {
+    if let Err(e) = check_ssh_config("", t) {
+        let text = e.to_string();
+        let text = text.strip_prefix("ssh target \"\": ").unwrap_or(&text);
+        return vec![text.to_string()];
+    }
     let argv = ssh_argv(t, &remote_sh(&preflight_script(t, reload)));
     let label = host_label(t);
     let outcome = match process::run(&argv, &[], PREFLIGHT_TIMEOUT).await {
@@ -635,6 +674,32 @@ mod tests {
         let argv = ssh_argv(&t, "true");
         assert_eq!(argv[..3], ["ssh", "-F", "/etc/certherd/ssh_config"]);
         assert_eq!(argv[3], "-T");
+    }
+
+    #[test]
+    fn an_ssh_config_others_can_change_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ssh_config");
+        std::fs::write(&path, "Host bastion\n").unwrap();
+        let mut t = target();
+        t.ssh_config = Some(path.clone());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(check_ssh_config("lb1", &t).is_ok());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+        assert_eq!(
+            check_ssh_config("lb1", &t).unwrap_err().to_string(),
+            format!(
+                "ssh target \"lb1\": ssh_config {} can be written by others (mode 0664); ssh \
+                 runs the commands it names, so certherd refuses it",
+                path.display()
+            )
+        );
+        t.ssh_config = Some(dir.path().join("missing"));
+        assert!(check_ssh_config("lb1", &t)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read ssh_config"));
     }
 
     #[test]
