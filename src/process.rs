@@ -251,30 +251,24 @@ mod tests {
 
     #[tokio::test]
     async fn two_steps_send_the_last_word_only_after_the_ready_line() {
-        let script = "read a; echo almost-ready; echo ready; read b; echo \"got $a $b\"";
-        let o = run_two_step(
-            &argv(&["sh", "-c", script]),
-            b"one\n".to_vec(),
-            "ready",
-            b"two\n".to_vec(),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+        // `sh -c script`, fed "one", then "two" once it printed `ready`.
+        let two_step = |script: &'static str| async move {
+            run_two_step(
+                &argv(&["sh", "-c", script]),
+                b"one\n".to_vec(),
+                "ready",
+                b"two\n".to_vec(),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap()
+        };
+        let o = two_step("read a; echo almost-ready; echo ready; read b; echo \"got $a $b\"").await;
         assert!(o.success(), "{o:?}");
         assert_eq!(o.stdout, "almost-ready\nready\ngot one two\n");
 
         // It closes its output without the line: the last word never comes.
-        let script = "read a; exec >&-; read b; echo \"a=$a b=$b\" >&2";
-        let o = run_two_step(
-            &argv(&["sh", "-c", script]),
-            b"one\n".to_vec(),
-            "ready",
-            b"two\n".to_vec(),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+        let o = two_step("read a; exec >&-; read b; echo \"a=$a b=$b\" >&2").await;
         assert_eq!(o.stderr, "a=one b=\n");
         assert!(has_line(b"x\nready\n", "ready"));
         assert!(!has_line(b"x\nready", "ready"), "not yet a whole line");

@@ -858,15 +858,8 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let mut t = target();
             t.files = FileTarget {
-                files: FileSet {
-                    fullchain: Some(dir.path().join("site.pem")),
-                    key: Some(dir.path().join("site.key")),
-                    ..FileSet::default()
-                },
-                mode: 0o600,
-                owner: None,
-                group: None,
                 layout,
+                ..crate::deploy::file::tests::target(dir.path(), dir.path())
             };
             let old = crate::deploy::file::tests::bundle();
             crate::deploy::file::write(&t.files, &old).unwrap();
