@@ -33,7 +33,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
 use time::OffsetDateTime;
 
-use super::front::{split_url, Front};
+use super::front::{forward, split_url, Front};
 use super::Pebble;
 
 /// What `GET /renewal-info/<certID>` answers.
@@ -272,23 +272,7 @@ async fn handle(shared: &Shared, req: Request<hyper::body::Incoming>) -> Respons
     }
 
     // Forward, with the client's Host: Pebble's URLs then name the proxy.
-    let mut forward = shared
-        .upstream
-        .request(
-            parts.method.clone(),
-            format!("{}{path}", shared.pebble_base),
-        )
-        .header(hyper::header::HOST, &host)
-        .body(body);
-    for (k, v) in parts.headers.iter() {
-        if !matches!(
-            k.as_str(),
-            "host" | "content-length" | "connection" | "transfer-encoding"
-        ) {
-            forward = forward.header(k, v);
-        }
-    }
-    let upstream = match forward.send().await {
+    let upstream = match forward(&shared.upstream, &shared.pebble_base, &parts, &path, body).await {
         Ok(r) => r,
         Err(e) => return problem(502, "serverInternal", &format!("Pebble: {e}")),
     };

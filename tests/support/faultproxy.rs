@@ -30,7 +30,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::{Method, Request, Response};
 
-use super::front::{split_url, Front};
+use super::front::{forward, split_url, Front};
 use super::Pebble;
 
 /// What the proxy does to a matching request.
@@ -386,29 +386,7 @@ async fn handle(
         Some(Fault::Truncate) | None => {}
     }
 
-    let host = parts
-        .headers
-        .get(hyper::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost")
-        .to_string();
-    let mut forward = shared
-        .upstream
-        .request(
-            parts.method.clone(),
-            format!("{}{path}", shared.pebble_base),
-        )
-        .header(hyper::header::HOST, &host)
-        .body(body);
-    for (k, v) in parts.headers.iter() {
-        if !matches!(
-            k.as_str(),
-            "host" | "content-length" | "connection" | "transfer-encoding"
-        ) {
-            forward = forward.header(k, v);
-        }
-    }
-    let upstream = match forward.send().await {
+    let upstream = match forward(&shared.upstream, &shared.pebble_base, &parts, &path, body).await {
         Ok(r) => r,
         Err(e) => {
             record_status(shared, index, 502);

@@ -160,6 +160,37 @@ impl Drop for Front {
     }
 }
 
+/// Sends a request as the client made it (method, path, headers, body) to
+/// Pebble at `base`, with the client's `Host`: Pebble builds every URL it
+/// hands out from it, so they name the proxy, and it checks a JWS `url`
+/// against it.
+pub async fn forward(
+    client: &reqwest::Client,
+    base: &str,
+    parts: &hyper::http::request::Parts,
+    path: &str,
+    body: bytes::Bytes,
+) -> reqwest::Result<reqwest::Response> {
+    let host = parts
+        .headers
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let mut request = client
+        .request(parts.method.clone(), format!("{base}{path}"))
+        .header(hyper::header::HOST, host)
+        .body(body);
+    for (k, v) in parts.headers.iter() {
+        if !matches!(
+            k.as_str(),
+            "host" | "content-length" | "connection" | "transfer-encoding"
+        ) {
+            request = request.header(k, v);
+        }
+    }
+    request.send().await
+}
+
 /// `https://host:port/path` → (`https://host:port`, `/path`).
 pub fn split_url(url: &str) -> (String, String) {
     let after_scheme = url.find("://").expect("absolute URL") + 3;
