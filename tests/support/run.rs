@@ -83,22 +83,8 @@ pub fn yaml_list(argv: &[String]) -> String {
 /// The configuration the tests start from: the built-in responder on the
 /// port Pebble validates, nginx as a file target with reload and verify.
 pub fn config(pebble: &Pebble, nginx: &Nginx, setup: &Setup, extra_targets: &str) -> String {
-    format!(
-        r#"state_dir: {state}
-acme:
-  directory: {dir}
-  contact: [ops@certherd.test]
-  trust_roots: [{root}]
-challenges:
-  standalone:
-    type: http-01
-    listen: "127.0.0.1:{http}"
-certificates:
-  site:
-    domains: [{SITE}, www.{SITE}]
-    challenge: standalone
-    targets:
-      - name: web
+    let web = format!(
+        r#"      - name: web
         type: file
         fullchain: {cert}
         key: {key}
@@ -108,15 +94,13 @@ certificates:
           server_name: {SITE}
           timeout: 10s
 {extra_targets}"#,
-        state = setup.state_dir().display(),
-        dir = pebble.directory_url(),
-        root = pebble.ca_tls_root_path().display(),
-        http = pebble.http_port(),
         cert = nginx.cert_path().display(),
         key = nginx.key_path().display(),
         reload = yaml_list(&nginx.reload_argv()),
         addr = nginx.addr(),
-    )
+    );
+    let www = format!("www.{SITE}");
+    site_config(pebble, setup, &[SITE, &www], &web)
 }
 
 /// A configuration with one certificate, `site`, for `domains`, issued by
