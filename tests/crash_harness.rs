@@ -111,26 +111,16 @@ impl Env {
                 "touch".to_string(),
                 h.sshd.remote_dir().join("reloaded").display().to_string(),
             ];
-            ssh.push_str(&format!(
-                "      - name: {name}
-        type: ssh
-        host: 127.0.0.1
-        port: {port}
-        identity: {id}
-        known_hosts: {kh}
-        fullchain: {fullchain}
-        key: {key}
-        layout: {layout}
-        reload: {reload}
-",
-                layout = layout(),
-                name = h.name,
-                port = h.sshd.port(),
-                id = h.sshd.client_key_path().display(),
-                kh = kh.display(),
-                fullchain = h.fullchain.display(),
-                key = h.key.display(),
-                reload = yaml_list(&reload),
+            ssh.push_str(&h.sshd.target_yaml(
+                &h.name,
+                &kh,
+                &h.fullchain,
+                &h.key,
+                &format!(
+                    "        layout: {}\n        reload: {}\n",
+                    layout(),
+                    yaml_list(&reload)
+                ),
             ));
         }
         let renewal = if always_due {

@@ -45,26 +45,16 @@ impl Host {
         let (fullchain, key) = self.files(broken);
         let known_hosts = self.sshd.dir().join("known_hosts");
         fs::write(&known_hosts, format!("{}\n", self.sshd.known_hosts_line())).unwrap();
-        format!(
-            "      - name: {name}
-        type: ssh
-        host: 127.0.0.1
-        port: {port}
-        identity: {id}
-        known_hosts: {kh}
-        fullchain: {fullchain}
-        key: {key}
-        reload: {reload}
-        verify: {{ connect: \"{addr}\", server_name: {SITE}, timeout: 3s }}
-",
-            name = self.name,
-            port = self.sshd.port(),
-            id = self.sshd.client_key_path().display(),
-            kh = known_hosts.display(),
-            fullchain = fullchain.display(),
-            key = key.display(),
-            reload = yaml_list(&self.nginx.reload_argv()),
-            addr = self.nginx.addr(),
+        self.sshd.target_yaml(
+            &self.name,
+            &known_hosts,
+            &fullchain,
+            &key,
+            &format!(
+                "        reload: {}\n        verify: {{ connect: \"{}\", server_name: {SITE}, timeout: 3s }}\n",
+                yaml_list(&self.nginx.reload_argv()),
+                self.nginx.addr()
+            ),
         )
     }
 }

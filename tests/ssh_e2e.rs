@@ -47,24 +47,12 @@ impl<'a> Host<'a> {
     }
 
     fn yaml(&self) -> String {
-        format!(
-            "      - name: {name}
-        type: ssh
-        host: 127.0.0.1
-        port: {port}
-        identity: {id}
-        known_hosts: {kh}
-        fullchain: {fullchain}
-        key: {key}
-        reload: {reload}
-",
-            name = self.name,
-            port = self.sshd.port(),
-            id = self.sshd.client_key_path().display(),
-            kh = self.known_hosts.display(),
-            fullchain = self.fullchain.display(),
-            key = self.key.display(),
-            reload = yaml_list(&self.reload),
+        self.sshd.target_yaml(
+            &self.name,
+            &self.known_hosts,
+            &self.fullchain,
+            &self.key,
+            &format!("        reload: {}\n", yaml_list(&self.reload)),
         )
     }
 }

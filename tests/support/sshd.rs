@@ -126,6 +126,36 @@ impl Sshd {
         self.dir.path().join("client_key")
     }
 
+    /// An `ssh` target for this host as a `targets:` list holds it (six
+    /// spaces in), logging in with [`Sshd::client_key_path`], trusting
+    /// `known_hosts`, writing `fullchain` and `key`; then the `extra` lines
+    /// of the target (eight spaces in: `reload:`, `verify:`, …).
+    pub fn target_yaml(
+        &self,
+        name: &str,
+        known_hosts: &Path,
+        fullchain: &Path,
+        key: &Path,
+        extra: &str,
+    ) -> String {
+        format!(
+            "      - name: {name}
+        type: ssh
+        host: 127.0.0.1
+        port: {port}
+        identity: {id}
+        known_hosts: {kh}
+        fullchain: {fullchain}
+        key: {key}
+{extra}",
+            port = self.port,
+            id = self.client_key_path().display(),
+            kh = known_hosts.display(),
+            fullchain = fullchain.display(),
+            key = key.display(),
+        )
+    }
+
     /// `[127.0.0.1]:PORT ssh-ed25519 AAAA…`
     pub fn known_hosts_line(&self) -> String {
         format!(
