@@ -101,12 +101,11 @@ pub fn holds(t: &FileTarget, b: &Bundle) -> bool {
 
 /// Whether the paths are laid out as the target's `layout` says.
 pub fn laid_out(t: &FileTarget) -> bool {
+    let linked = super::links::linked_paths(t);
     match t.layout {
-        Layout::Links => super::links::linked(t),
+        Layout::Links => linked.iter().all(|l| *l),
         // Left as links by an earlier `layout: links`: not yet files.
-        Layout::Files => paths(t)
-            .iter()
-            .all(|(path, role)| !super::links::is_link_of(t, path, role)),
+        Layout::Files => !linked.iter().any(|l| *l),
     }
 }
 
@@ -219,6 +218,7 @@ pub fn preflight(t: &FileTarget) -> Vec<String> {
     if t.layout == Layout::Links {
         problems.extend(super::links::preflight(t));
     }
+    let folder = super::links::folder(t);
     for (path, role) in paths(t) {
         let dir = path.parent().unwrap_or(Path::new("/"));
         if let Err(e) = fsutil::refuse_planted_symlinks(dir) {
@@ -232,7 +232,7 @@ pub fn preflight(t: &FileTarget) -> Vec<String> {
         // Renaming over an existing file needs only the directory, but a
         // sticky directory also needs us to own it.
         if let Ok(meta) = fs::symlink_metadata(&path) {
-            let ours = t.layout == Layout::Links && super::links::is_link_of(t, &path, role);
+            let ours = t.layout == Layout::Links && super::links::is_link_of(&folder, &path, role);
             if meta.file_type().is_symlink() && !ours {
                 problems.push(format!(
                     "{} is a symlink; certherd replaces it with {}",

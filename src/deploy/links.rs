@@ -69,16 +69,19 @@ pub fn link_text(folder: &Path, path: &Path, role: &str) -> PathBuf {
     }
 }
 
-/// Whether `path` is already the link it should be.
-pub fn is_link_of(t: &FileTarget, path: &Path, role: &str) -> bool {
-    fs::read_link(path).is_ok_and(|l| l == link_text(&folder(t), path, role))
+/// Whether `path` is already the link into `folder` it should be.
+pub fn is_link_of(folder: &Path, path: &Path, role: &str) -> bool {
+    fs::read_link(path).is_ok_and(|l| l == link_text(folder, path, role))
 }
 
-/// Whether every path of the target is its link.
-pub fn linked(t: &FileTarget) -> bool {
+/// For each path of the target, in [`paths`] order, whether it is already
+/// its link.
+pub fn linked_paths(t: &FileTarget) -> Vec<bool> {
+    let folder = folder(t);
     paths(t)
         .iter()
-        .all(|(path, role)| is_link_of(t, path, role))
+        .map(|(path, role)| is_link_of(&folder, path, role))
+        .collect()
 }
 
 /// Write `files` as a new version and switch every path to it at once.
@@ -106,7 +109,7 @@ pub(super) fn write(
         }
         Ok(())
     })?;
-    let switched = convert(t, &folder, files, uid, gid)
+    let switched = convert(&folder, files, uid, gid)
         .and_then(|()| switch(&folder, &version).map_err(at(&folder.join(CURRENT))));
     if let Err(e) = switched {
         let _ = fs::remove_dir_all(&version);
@@ -120,7 +123,6 @@ pub(super) fn write(
 /// the same bytes before and after: first the files as they are become a
 /// version that `current` names.
 fn convert(
-    t: &FileTarget,
     folder: &Path,
     files: &[Planned],
     uid: Option<u32>,
@@ -132,7 +134,7 @@ fn convert(
     };
     let unlinked: Vec<&Planned> = files
         .iter()
-        .filter(|f| !is_link_of(t, &f.path, f.role))
+        .filter(|f| !is_link_of(folder, &f.path, f.role))
         .collect();
     if unlinked.is_empty() {
         return Ok(());
@@ -480,11 +482,11 @@ mod tests {
             !file::holds(&t, &old),
             "same bytes, but not laid out as links"
         );
-        assert!(!linked(&t));
+        assert!(!file::laid_out(&t));
 
         let b = bundle();
         file::write(&t, &b).unwrap();
-        assert!(linked(&t));
+        assert!(file::laid_out(&t));
         assert!(file::holds(&t, &b));
         assert_eq!(
             versions(&super::folder(&t)).len(),
