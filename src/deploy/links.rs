@@ -92,10 +92,6 @@ pub(super) fn write(
     gid: Option<u32>,
 ) -> Result<(), DeployError> {
     let folder = folder(t);
-    let at = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DeployError::Write { path, source }
-    };
     for f in files {
         fsutil::refuse_planted_symlinks(dir_of(&f.path)).map_err(at(&f.path))?;
     }
@@ -128,10 +124,6 @@ fn convert(
     uid: Option<u32>,
     gid: Option<u32>,
 ) -> Result<(), DeployError> {
-    let at = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DeployError::Write { path, source }
-    };
     let unlinked: Vec<&Planned> = files
         .iter()
         .filter(|f| !is_link_of(folder, &f.path, f.role))
@@ -351,6 +343,12 @@ pub fn preflight(t: &FileTarget) -> Vec<String> {
             .collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// The error of a write at `path`, for `map_err`.
+fn at(path: &Path) -> impl FnOnce(io::Error) -> DeployError {
+    let path = path.to_path_buf();
+    move |source| DeployError::Write { path, source }
 }
 
 fn dir_of(path: &Path) -> &Path {
