@@ -25,7 +25,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::file::{paths, Planned};
@@ -101,7 +101,7 @@ pub(super) fn write(
     let version = new_version(&folder, |dir| {
         for f in files {
             let path = dir.join(f.role);
-            write_new(&path, &f.data, f.mode, uid, gid).map_err(at(&path))?;
+            fsutil::create_new(&path, &f.data, f.mode, uid, gid).map_err(at(&path))?;
         }
         Ok(())
     })?;
@@ -148,11 +148,11 @@ fn convert(
                 let path = dir.join(f.role);
                 // The owner it had, as far as this process may give it.
                 let owner = (uid.or(Some(meta.uid())), gid.or(Some(meta.gid())));
-                write_new(&path, &data, meta.mode() & 0o7777, owner.0, owner.1)
+                fsutil::create_new(&path, &data, meta.mode() & 0o7777, owner.0, owner.1)
                     .or_else(|e| {
                         if e.kind() == io::ErrorKind::PermissionDenied {
                             let _ = fs::remove_file(&path);
-                            write_new(&path, &data, meta.mode() & 0o7777, uid, gid)
+                            fsutil::create_new(&path, &data, meta.mode() & 0o7777, uid, gid)
                         } else {
                             Err(e)
                         }
@@ -260,29 +260,6 @@ fn new_version(
             Err(e)
         }
     }
-}
-
-/// A new file with exactly `mode` (and owner) from its creation, fsynced.
-fn write_new(
-    path: &Path,
-    data: &[u8],
-    mode: u32,
-    uid: Option<u32>,
-    gid: Option<u32>,
-) -> io::Result<()> {
-    use std::io::Write;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    f.set_permissions(fs::Permissions::from_mode(mode))?;
-    if uid.is_some() || gid.is_some() {
-        std::os::unix::fs::fchown(&f, uid, gid)?;
-    }
-    f.write_all(data)?;
-    f.sync_all()
 }
 
 /// Point `current` at `version` with one rename, then sync the folder.

@@ -31,28 +31,38 @@ pub fn stage(
 ) -> io::Result<PathBuf> {
     refuse_planted_symlinks(parent(path)?)?;
     let tmp = temp_path(path)?;
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        // The umask may have removed bits from `mode`; set exactly what was asked.
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        if uid.is_some() || gid.is_some() {
-            std::os::unix::fs::fchown(&f, uid, gid)?;
-        }
-        f.write_all(data)?;
-        f.sync_all()
-    })();
-    match result {
+    match create_new(&tmp, data, mode, uid, gid) {
         Ok(()) => Ok(tmp),
         Err(e) => {
             let _ = fs::remove_file(&tmp);
             Err(e)
         }
     }
+}
+
+/// Write `data` to `path`, which must not exist yet (`O_EXCL`, and never
+/// through a link: `O_NOFOLLOW`), with exactly `mode` (and owner) from its
+/// creation, fsynced. On failure the file may be left half-written.
+pub fn create_new(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    // The umask may have removed bits from `mode`; set exactly what was asked.
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::fchown(&f, uid, gid)?;
+    }
+    f.write_all(data)?;
+    f.sync_all()
 }
 
 /// Refuse to write below `dir` when its path goes through a symbolic link
