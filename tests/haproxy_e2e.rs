@@ -283,3 +283,80 @@ fn someone_elses_update_in_progress_is_waited_for_and_never_touched() {
         stored_sha256(&setup)
     );
 }
+
+/// HAProxy refuses a certificate command, with "currently locked", while
+/// another client's runs. Monitoring that lists certificates in a loop
+/// must not make a dry run or a deployment fail.
+#[test]
+fn another_client_holding_the_certificate_lock_is_waited_for() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let pebble = Pebble::start(PebbleOptions::default());
+    let setup = Setup::new();
+    let haproxy = Arc::new(Haproxy::start(SITE));
+    setup.write_config(&config(
+        &pebble,
+        &setup,
+        &haproxy_target(
+            "lb",
+            &haproxy.admin_socket(),
+            &haproxy.combined_path(),
+            &format!(
+                "        timeout: 10s\n        verify: {{ connect: \"{}\", timeout: 10s }}\n",
+                haproxy.addr()
+            ),
+        ),
+    ));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let locked = Arc::new(AtomicUsize::new(0));
+    let monitors: Vec<_> = (0..6)
+        .map(|_| {
+            let (haproxy, stop, locked) = (haproxy.clone(), stop.clone(), locked.clone());
+            std::thread::spawn(move || {
+                let name = format!("show ssl cert {}", haproxy.combined_path().display());
+                while !stop.load(Ordering::Relaxed) {
+                    if haproxy.api(&name).contains("currently locked") {
+                        locked.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // A dry run, a first deployment and two forced renewals: some twenty
+    // certificate commands, any of which HAProxy may refuse as locked.
+    let dry = setup.run(&["renew", "--dry-run"]);
+    let runs: Vec<_> = [&["renew"][..], &["renew", "--force"], &["renew", "--force"]]
+        .into_iter()
+        .map(|args| (setup.run(args), stored_sha256(&setup)))
+        .collect();
+    stop.store(true, Ordering::Relaxed);
+    for m in monitors {
+        m.join().unwrap();
+    }
+    dry.assert_code(0);
+    assert!(
+        dry.stdout.contains("  lb (haproxy): preflight passed"),
+        "{}",
+        dry.stdout
+    );
+    for (run, sha) in &runs {
+        run.assert_code(0);
+        assert!(
+            run.stdout
+                .contains(&format!("  lb (haproxy): deployed; verified: serves {sha}")),
+            "{}",
+            run.stdout
+        );
+    }
+    let sha = stored_sha256(&setup);
+    assert_eq!(served_leaf_sha256(&haproxy.addr(), SITE).unwrap(), sha);
+    // The monitors did collide with each other (and with certherd): the
+    // lock was really contended while certherd worked.
+    assert!(
+        locked.load(Ordering::Relaxed) > 0,
+        "no command was ever refused as locked"
+    );
+}

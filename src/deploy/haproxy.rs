@@ -21,7 +21,9 @@
 //! transaction list is read before `set` (someone else's transaction is
 //! waited for, up to `timeout`, never aborted), the reply to `set` must
 //! name our certificate, and certherd's own updates of one HAProxy are done
-//! one after another ([`socket_lock`]).
+//! one after another ([`socket_lock`]). A command HAProxy refuses because
+//! another client's certificate command holds its lock is sent again
+//! ([`Api::send`]).
 
 use std::fmt;
 use std::io;
@@ -37,6 +39,13 @@ use crate::store::fsutil;
 
 /// How long to wait between looks at someone else's ongoing transaction.
 const BUSY_POLL: Duration = Duration::from_millis(200);
+/// How long to wait before sending a command again that HAProxy refused
+/// with "currently locked" (its certificate lock is held for the length
+/// of one command, usually well under a millisecond).
+const LOCKED_POLL: Duration = Duration::from_millis(50);
+/// HAProxy's answer to a certificate command while another client's
+/// certificate command is running: nothing was done, it can be sent again.
+const LOCKED: &str = "Operations on certificates are currently locked";
 /// The most of HAProxy's reply an error quotes.
 const REPLY_LIMIT: usize = 300;
 
@@ -78,6 +87,14 @@ pub enum Problem {
          (still after {waited:?}); certherd does not touch it"
     )]
     TransactionBusy { ongoing: String, waited: Duration },
+    #[error(
+        "HAProxy kept answering `{command}` with \"Operations on certificates are currently \
+         locked\" for {waited:?} (another client's certificate commands); nothing was changed"
+    )]
+    Locked {
+        command: &'static str,
+        waited: Duration,
+    },
     #[error(
         "HAProxy put the certificate into the ongoing update of {ongoing} (someone started \
          it meanwhile); that update was aborted, as it no longer held what its author sent"
@@ -169,8 +186,38 @@ impl Api<'_> {
         })
     }
 
-    /// Send `line` (and `payload`), read the answer until HAProxy closes.
+    /// Send `line` (and `payload`) and read the answer. HAProxy refuses a
+    /// certificate command, without doing anything, while another client's
+    /// runs (its lock is a try-lock): such a command is sent again, for up
+    /// to `timeout` in all.
     async fn send(
+        &self,
+        command: &'static str,
+        line: &str,
+        payload: Option<&str>,
+    ) -> Result<String, Problem> {
+        let start = Instant::now();
+        loop {
+            let reply = self.send_once(command, line, payload).await?;
+            if !reply.contains(LOCKED) {
+                return Ok(reply);
+            }
+            if start.elapsed() + LOCKED_POLL > self.timeout {
+                return Err(Problem::Locked {
+                    command,
+                    waited: start.elapsed(),
+                });
+            }
+            tracing::debug!(
+                command,
+                "HAProxy's certificate operations are locked; trying again"
+            );
+            tokio::time::sleep(LOCKED_POLL).await;
+        }
+    }
+
+    /// Send `line` (and `payload`) once, read the answer until HAProxy closes.
+    async fn send_once(
         &self,
         command: &'static str,
         line: &str,
@@ -280,6 +327,7 @@ impl Api<'_> {
             // Nothing reached HAProxy, or what did is aborted already.
             Err(
                 e @ (Problem::TransactionHijacked { .. }
+                | Problem::Locked { .. }
                 | Problem::SocketMissing { .. }
                 | Problem::SocketPermission
                 | Problem::Connect { .. }),
@@ -508,9 +556,8 @@ pub async fn preflight(t: &HaproxyTarget) -> Vec<String> {
         timeout: t.timeout,
     };
     let ctx = |p: Problem| format!("socket {} (certificate {}): {p}", t.socket, t.cert_name);
-    // HAProxy answers a second certificate command that arrives while one
-    // is in progress with "currently locked": one at a time per socket, as
-    // for deployments (a dry run checks its targets concurrently).
+    // One at a time per socket, as for deployments (a dry run checks its
+    // targets concurrently): fewer "currently locked" answers to send again.
     let lock = socket_lock(&t.socket);
     let _held = lock.lock().await;
     match api.level().await {
@@ -615,6 +662,46 @@ mod tests {
                 "abort ssl cert /etc/other.pem"
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_command_refused_as_locked_is_sent_again() {
+        // Another client's certificate command held HAProxy's lock.
+        let (dir, seen) = fake_api(vec![
+            "Can't show!\nOperations on certificates are currently locked!\n\n",
+            "Can't show!\nOperations on certificates are currently locked!\n\n",
+            "Filename: /etc/site.pem\nSerial: 0A1B\n\n",
+        ])
+        .await;
+        let socket = HaproxySocket::Unix(dir.path().join("api.sock"));
+        let api = Api {
+            socket: &socket,
+            timeout: Duration::from_secs(5),
+        };
+        assert_eq!(api.serial("/etc/site.pem").await.unwrap(), "0A1B");
+        assert_eq!(*seen.lock().unwrap(), ["show ssl cert /etc/site.pem"; 3]);
+    }
+
+    #[tokio::test]
+    async fn a_lock_held_past_the_timeout_is_reported_as_such() {
+        let (dir, seen) = fake_api(vec![
+            "Can't commit!\nOperations on certificates are currently locked!\n\n";
+            64
+        ])
+        .await;
+        let socket = HaproxySocket::Unix(dir.path().join("api.sock"));
+        let api = Api {
+            socket: &socket,
+            timeout: Duration::from_millis(300),
+        };
+        let err = api.commit("/etc/site.pem").await.unwrap_err();
+        assert!(
+            matches!(err, Problem::Locked { command: "commit ssl cert", waited }
+                if waited >= Duration::from_millis(250) && waited < Duration::from_secs(5)),
+            "{err:?}"
+        );
+        let tries = seen.lock().unwrap().len();
+        assert!(tries >= 2, "sent {tries} time(s) in 300 ms");
     }
 
     #[tokio::test]
