@@ -3,8 +3,9 @@
 //!
 //! Ignored by default (it runs for minutes); `scripts/crash-test
 //! [ITERATIONS] [SEED]` runs it. One Pebble, one nginx (a `file` target with
-//! reload and verify) and two sshd "hosts" (`ssh` targets with a remote
-//! reload) serve every iteration:
+//! reload and verify, which also writes a `combined` key + chain file), two
+//! sshd "hosts" (`ssh` targets with a remote reload) and one HAProxy (a
+//! `haproxy` target, updated through its runtime API) serve every iteration:
 //!
 //! 1. start `renew --force` or `run` (a configuration that is always due, so
 //!    the agent renews pass after pass) in its own process group;
@@ -14,10 +15,13 @@
 //! 3. check: `status --json --offline` loads the store; every stored version
 //!    has key, leaf, chain and full chain, and the key is the leaf's;
 //!    `current` names a complete version; every target's key is its
-//!    certificate's, and that certificate is one the store still keeps;
-//! 4. an unkilled `renew` must exit 0: every target deployed and nginx
-//!    verified serving the current certificate, and every target's files
-//!    are then the current certificate's.
+//!    certificate's (in the `combined` files too), and that certificate is
+//!    one the store still keeps; HAProxy holds (in memory) a certificate the
+//!    store keeps;
+//! 4. an unkilled `renew` must exit 0: every target deployed, nginx and
+//!    HAProxy verified serving the current certificate, every target's
+//!    files are then the current certificate's, and HAProxy holds it with
+//!    no certificate transaction left open.
 //!
 //! The `file` and `ssh` targets use `layout: links` (one rename switches
 //! key and certificate together); `CRASH_LAYOUT=files` runs them as plain
@@ -40,6 +44,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
+use support::haproxy::Haproxy;
 use support::run::{yaml_list, Run, Setup, SITE};
 use support::sshd::Sshd;
 use support::{Nginx, Pebble, PebbleOptions};
@@ -51,17 +56,21 @@ struct SshHost {
     key: PathBuf,
 }
 
-/// One place that receives the certificate: its name and its two files.
+/// Files that receive the certificate: the target's name, its key file
+/// and its certificate file (one path for a key + chain `combined` file),
+/// and whether they follow the `layout` under test.
 struct TargetFiles {
     name: String,
     fullchain: PathBuf,
     key: PathBuf,
+    laid_out: bool,
 }
 
 struct Env {
     pebble: Pebble,
     nginx: Nginx,
     hosts: Vec<SshHost>,
+    haproxy: Haproxy,
     setup: Setup,
 }
 
@@ -86,6 +95,7 @@ impl Env {
             pebble,
             nginx,
             hosts,
+            haproxy: Haproxy::start(SITE),
             setup,
         };
         fs::write(env.agent_config_path(), env.config(true)).unwrap();
@@ -148,10 +158,19 @@ certificates:
         type: file
         fullchain: {cert}
         key: {key}
+        combined: {combined}
         layout: {layout}
         reload: {reload}
         verify:
           connect: "{addr}"
+          server_name: {SITE}
+          timeout: 10s
+      - name: lb-haproxy
+        type: haproxy
+        socket: {socket}
+        combined: {haproxy_combined}
+        verify:
+          connect: "{haproxy_addr}"
           server_name: {SITE}
           timeout: 10s
 {ssh}"#,
@@ -162,30 +181,73 @@ certificates:
             http = self.pebble.http_port(),
             cert = self.nginx.cert_path().display(),
             key = self.nginx.key_path().display(),
+            combined = self.web_combined().display(),
             reload = yaml_list(&self.nginx.reload_argv()),
             addr = self.nginx.addr(),
+            socket = self.haproxy.admin_socket().display(),
+            haproxy_combined = self.haproxy.combined_path().display(),
+            haproxy_addr = self.haproxy.addr(),
         )
     }
 
+    /// The `file` target's `combined` file (key + full chain), beside
+    /// nginx's two.
+    fn web_combined(&self) -> PathBuf {
+        self.nginx.key_path().with_file_name("site-combined.pem")
+    }
+
     fn targets(&self) -> Vec<TargetFiles> {
-        let mut t = vec![TargetFiles {
-            name: "web".into(),
-            fullchain: self.nginx.cert_path(),
-            key: self.nginx.key_path(),
-        }];
+        let mut t = vec![
+            TargetFiles {
+                name: "web".into(),
+                fullchain: self.nginx.cert_path(),
+                key: self.nginx.key_path(),
+                laid_out: true,
+            },
+            TargetFiles {
+                name: "web".into(),
+                fullchain: self.web_combined(),
+                key: self.web_combined(),
+                laid_out: true,
+            },
+            TargetFiles {
+                name: "lb-haproxy".into(),
+                fullchain: self.haproxy.combined_path(),
+                key: self.haproxy.combined_path(),
+                laid_out: false,
+            },
+        ];
         for h in &self.hosts {
             t.push(TargetFiles {
                 name: h.name.clone(),
                 fullchain: h.fullchain.clone(),
                 key: h.key.clone(),
+                laid_out: true,
             });
         }
         t
     }
 
+    /// The serial of the certificate HAProxy holds in memory (`show ssl
+    /// cert NAME` shows the committed one, not an open transaction's).
+    fn haproxy_serial(&self) -> Result<String, String> {
+        let name = self.haproxy.combined_path();
+        let reply = self
+            .haproxy
+            .api(&format!("show ssl cert {}", name.display()));
+        reply
+            .lines()
+            .find_map(|l| l.strip_prefix("Serial: "))
+            .map(normal_serial)
+            .ok_or_else(|| format!("HAProxy's `show ssl cert {}`: {reply}", name.display()))
+    }
+
     /// The folders where interrupted writes could leave temp files.
     fn target_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs = vec![self.nginx.key_path().parent().unwrap().to_path_buf()];
+        let mut dirs = vec![
+            self.nginx.key_path().parent().unwrap().to_path_buf(),
+            self.haproxy.combined_path().parent().unwrap().to_path_buf(),
+        ];
         dirs.extend(self.hosts.iter().map(|h| h.sshd.remote_dir()));
         dirs
     }
@@ -315,11 +377,34 @@ fn cert_spki(der: &[u8]) -> Result<Vec<u8>, String> {
         .to_vec())
 }
 
-/// The public key of a PEM private key, as [`cert_spki`] gives it.
+/// The public key of the PEM private key in `pem_text` (alone, or in a
+/// combined file with certificates), as [`cert_spki`] gives it.
 fn key_spki(pem_text: &str) -> Result<Vec<u8>, String> {
     use rcgen::PublicKeyData;
-    let key = rcgen::KeyPair::from_pem(pem_text).map_err(|e| e.to_string())?;
+    let blocks = pem::parse_many(pem_text).map_err(|e| e.to_string())?;
+    let block = blocks
+        .iter()
+        .find(|p| p.tag().ends_with("PRIVATE KEY"))
+        .ok_or("no private key")?;
+    let key = rcgen::KeyPair::from_pem(&pem::encode(block)).map_err(|e| e.to_string())?;
     Ok(key.der_bytes().to_vec())
+}
+
+/// A certificate serial in one spelling: hex digits, lower case, no
+/// leading zeros (HAProxy prints `0A1B`, x509-parser gives bytes).
+fn normal_serial(s: &str) -> String {
+    s.trim().trim_start_matches('0').to_ascii_lowercase()
+}
+
+/// The serial of a DER certificate, as [`normal_serial`] spells it.
+fn cert_serial(der: &[u8]) -> Result<String, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    let hex: String = cert
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(normal_serial(&hex))
 }
 
 /// `Ok(leaf sha256)` when the key file and the certificate file (leaf
@@ -386,8 +471,14 @@ fn debris(dir: &Path) -> Vec<String> {
     found
 }
 
-/// Every stored version's leaf sha256; problems go to `findings`.
-fn check_store(env: &Env, findings: &mut Vec<String>) -> Vec<String> {
+/// A version the store keeps: its leaf's sha256 and serial.
+struct Kept {
+    sha256: String,
+    serial: String,
+}
+
+/// Every stored version; problems go to `findings`.
+fn check_store(env: &Env, findings: &mut Vec<String>) -> Vec<Kept> {
     let mut kept = Vec::new();
     let Some(dir) = cert_dir(env) else {
         return kept;
@@ -405,9 +496,17 @@ fn check_store(env: &Env, findings: &mut Vec<String>) -> Vec<String> {
                 findings.push(format!("stored version {name} lacks {f}"));
             }
         }
-        match pair_matches(&v.join("privkey.pem"), &v.join("fullchain.pem")) {
-            Ok(sha) => kept.push(sha),
-            Err(e) => findings.push(format!("stored version {name}: {e}")),
+        let serial = fs::read_to_string(v.join("cert.pem"))
+            .ok()
+            .and_then(|pem| pem_ders(&pem).into_iter().next())
+            .map(|der| cert_serial(&der));
+        match (
+            pair_matches(&v.join("privkey.pem"), &v.join("fullchain.pem")),
+            serial,
+        ) {
+            (Ok(sha256), Some(Ok(serial))) => kept.push(Kept { sha256, serial }),
+            (Err(e), _) | (_, Some(Err(e))) => findings.push(format!("stored version {name}: {e}")),
+            (_, None) => findings.push(format!("stored version {name}: no leaf in cert.pem")),
         }
     }
     match fs::read_link(dir.join("current")) {
@@ -711,13 +810,23 @@ fn sigkill_at_random_moments_loses_and_mismatches_no_key() {
         let kept = check_store(&env, &mut problems);
         for t in env.targets() {
             match pair_matches(&t.key, &t.fullchain) {
-                Ok(sha) if kept.contains(&sha) => {}
+                Ok(sha) if kept.iter().any(|k| k.sha256 == sha) => {}
                 Ok(sha) => problems.push(format!(
-                    "target {}: holds {sha}, which the store no longer keeps",
-                    t.name
+                    "target {} ({}): holds {sha}, which the store no longer keeps",
+                    t.name,
+                    t.fullchain.display()
                 )),
                 Err(e) => problems.push(format!("target {}: {e}", t.name)),
             }
+        }
+        // What HAProxy serves from memory (its key was checked by its
+        // `commit`): a certificate the store keeps.
+        match env.haproxy_serial() {
+            Ok(serial) if kept.iter().any(|k| k.serial == serial) => {}
+            Ok(serial) => problems.push(format!(
+                "HAProxy holds serial {serial}, which the store does not keep"
+            )),
+            Err(e) => problems.push(e),
         }
         max_store_debris = max_store_debris.max(store_debris_count(&env));
         max_target_debris = max_target_debris.max(target_debris_count(&env));
@@ -731,19 +840,26 @@ fn sigkill_at_random_moments_loses_and_mismatches_no_key() {
                 next.all()
             ));
         } else {
-            let current = fs::read(cert_dir(&env).unwrap().join("current/fullchain.pem")).unwrap();
+            let current = cert_dir(&env).unwrap().join("current");
+            let current_sha = pair_matches(&current.join("privkey.pem"), &current.join("cert.pem"))
+                .expect("the current version's key and certificate");
+            let current_der =
+                pem_ders(&fs::read_to_string(current.join("cert.pem")).unwrap()).remove(0);
+            let current_serial = cert_serial(&current_der).unwrap();
             for t in env.targets() {
-                if fs::read(&t.fullchain).ok().as_ref() != Some(&current) {
-                    problems.push(format!(
-                        "after the next renew, target {} does not hold the current certificate",
-                        t.name
-                    ));
-                }
-                if let Err(e) = pair_matches(&t.key, &t.fullchain) {
-                    problems.push(format!("after the next renew, target {}: {e}", t.name));
+                match pair_matches(&t.key, &t.fullchain) {
+                    Ok(sha) if sha == current_sha => {}
+                    Ok(_) => problems.push(format!(
+                        "after the next renew, target {} ({}) does not hold the current certificate",
+                        t.name,
+                        t.fullchain.display()
+                    )),
+                    Err(e) => {
+                        problems.push(format!("after the next renew, target {}: {e}", t.name))
+                    }
                 }
                 let links = layout() == "links";
-                for p in [&t.key, &t.fullchain] {
+                for p in [&t.key, &t.fullchain].into_iter().filter(|_| t.laid_out) {
                     let is_link = fs::symlink_metadata(p).is_ok_and(|m| m.is_symlink());
                     if is_link != links {
                         problems.push(format!(
@@ -755,7 +871,24 @@ fn sigkill_at_random_moments_loses_and_mismatches_no_key() {
                     }
                 }
             }
-            if !next.stdout.contains("web (file): ") || next.stdout.contains("FAILED") {
+            match env.haproxy_serial() {
+                Ok(serial) if serial == current_serial => {}
+                Ok(serial) => problems.push(format!(
+                    "after the next renew, HAProxy holds serial {serial}, not the current \
+                     {current_serial}"
+                )),
+                Err(e) => problems.push(e),
+            }
+            let list = env.haproxy.api("show ssl cert");
+            if list.contains("# transaction") {
+                problems.push(format!(
+                    "after the next renew, HAProxy has a certificate transaction open:\n{list}"
+                ));
+            }
+            if !next.stdout.contains("web (file): ")
+                || !next.stdout.contains("lb-haproxy (haproxy): ")
+                || next.stdout.contains("FAILED")
+            {
                 problems.push(format!("the next renew's report:\n{}", next.stdout));
             }
         }
