@@ -360,3 +360,47 @@ fn another_client_holding_the_certificate_lock_is_waited_for() {
         "no command was ever refused as locked"
     );
 }
+
+/// A certherd killed between `set ssl cert` and `commit ssl cert` leaves a
+/// transaction open for its own certificate. The next deployment takes it
+/// over: its `set` replaces what that transaction holds, and it commits.
+#[test]
+fn a_transaction_left_open_for_the_same_certificate_is_taken_over() {
+    let pebble = Pebble::start(PebbleOptions::default());
+    let setup = Setup::new();
+    let haproxy = Haproxy::start(SITE);
+    setup.write_config(&config(
+        &pebble,
+        &setup,
+        &haproxy_target(
+            "lb",
+            &haproxy.admin_socket(),
+            &haproxy.combined_path(),
+            &format!(
+                "        verify: {{ connect: \"{}\", timeout: 10s }}\n",
+                haproxy.addr()
+            ),
+        ),
+    ));
+    // What an interrupted run left: its certificate set, not committed.
+    let stale = support::TestCert::self_signed(&[SITE]);
+    let combined = haproxy.combined_path();
+    let answer = haproxy.api_payload(
+        &format!("set ssl cert {}", combined.display()),
+        &format!("{}{}\n", stale.key_pem, stale.cert_pem),
+    );
+    assert!(answer.starts_with("Transaction created"), "{answer}");
+
+    let run = setup.run(&["renew"]);
+    run.assert_code(0);
+    let sha = stored_sha256(&setup);
+    assert!(
+        run.stdout
+            .contains(&format!("  lb (haproxy): deployed; verified: serves {sha}")),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(served_leaf_sha256(&haproxy.addr(), SITE).unwrap(), sha);
+    let list = haproxy.api("show ssl cert");
+    assert!(!list.contains("# transaction"), "{list}");
+}
