@@ -29,26 +29,40 @@ fn haproxy_target(name: &str, socket: &Path, combined: &Path, extra: &str) -> St
     )
 }
 
+/// Target `lb` on `haproxy`'s admin socket, verified on its frontend.
+fn verified_lb(haproxy: &Haproxy, extra: &str) -> String {
+    haproxy_target(
+        "lb",
+        &haproxy.admin_socket(),
+        &haproxy.combined_path(),
+        &format!(
+            "{extra}        verify: {{ connect: \"{}\", timeout: 10s }}\n",
+            haproxy.addr()
+        ),
+    )
+}
+
+/// `lb` reported deployed and verified on `sha`.
+fn assert_lb_deployed(stdout: &str, sha: &str) {
+    assert!(
+        stdout.contains(&format!("  lb (haproxy): deployed; verified: serves {sha}")),
+        "{stdout}"
+    );
+}
+
+/// `lb` reported deployed and verified on `sha`, and HAProxy serves it.
+fn assert_lb_serves(stdout: &str, sha: &str, haproxy: &Haproxy) {
+    assert_lb_deployed(stdout, sha);
+    assert_eq!(served_leaf_sha256(&haproxy.addr(), SITE).unwrap(), sha);
+}
+
 #[test]
 fn renew_hands_the_certificate_to_a_running_haproxy_without_dropping_a_connection() {
     let pebble = Pebble::start(PebbleOptions::default());
     let setup = Setup::new();
     let mut haproxy = Haproxy::start(SITE);
     let pid = haproxy.pid();
-    let verify = format!(
-        "        verify: {{ connect: \"{}\", timeout: 10s }}\n",
-        haproxy.addr()
-    );
-    setup.write_config(&config(
-        &pebble,
-        &setup,
-        &haproxy_target(
-            "lb",
-            &haproxy.admin_socket(),
-            &haproxy.combined_path(),
-            &verify,
-        ),
-    ));
+    setup.write_config(&config(&pebble, &setup, &verified_lb(&haproxy, "")));
     setup.run(&["check"]).assert_code(0);
 
     // A client connected before the deployment, mid keep-alive.
@@ -61,14 +75,8 @@ fn renew_hands_the_certificate_to_a_running_haproxy_without_dropping_a_connectio
     let run = setup.run(&["renew"]);
     run.assert_code(0);
     let sha = stored_sha256(&setup);
-    assert!(
-        run.stdout
-            .contains(&format!("  lb (haproxy): deployed; verified: serves {sha}")),
-        "{}",
-        run.stdout
-    );
-    // Its own handshake agrees, from the same process: no reload, no restart.
-    assert_eq!(served_leaf_sha256(&haproxy.addr(), SITE).unwrap(), sha);
+    // Served from the same process: no reload, no restart.
+    assert_lb_serves(&run.stdout, &sha, &haproxy);
     assert!(haproxy.is_running(), "{}", haproxy.log());
     assert_eq!(haproxy.pid(), pid);
     // The earlier connection still works, on its original session.
@@ -298,15 +306,7 @@ fn another_client_holding_the_certificate_lock_is_waited_for() {
     setup.write_config(&config(
         &pebble,
         &setup,
-        &haproxy_target(
-            "lb",
-            &haproxy.admin_socket(),
-            &haproxy.combined_path(),
-            &format!(
-                "        timeout: 10s\n        verify: {{ connect: \"{}\", timeout: 10s }}\n",
-                haproxy.addr()
-            ),
-        ),
+        &verified_lb(&haproxy, "        timeout: 10s\n"),
     ));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -344,12 +344,7 @@ fn another_client_holding_the_certificate_lock_is_waited_for() {
     );
     for (run, sha) in &runs {
         run.assert_code(0);
-        assert!(
-            run.stdout
-                .contains(&format!("  lb (haproxy): deployed; verified: serves {sha}")),
-            "{}",
-            run.stdout
-        );
+        assert_lb_deployed(&run.stdout, sha);
     }
     let sha = stored_sha256(&setup);
     assert_eq!(served_leaf_sha256(&haproxy.addr(), SITE).unwrap(), sha);
@@ -369,19 +364,7 @@ fn a_transaction_left_open_for_the_same_certificate_is_taken_over() {
     let pebble = Pebble::start(PebbleOptions::default());
     let setup = Setup::new();
     let haproxy = Haproxy::start(SITE);
-    setup.write_config(&config(
-        &pebble,
-        &setup,
-        &haproxy_target(
-            "lb",
-            &haproxy.admin_socket(),
-            &haproxy.combined_path(),
-            &format!(
-                "        verify: {{ connect: \"{}\", timeout: 10s }}\n",
-                haproxy.addr()
-            ),
-        ),
-    ));
+    setup.write_config(&config(&pebble, &setup, &verified_lb(&haproxy, "")));
     // What an interrupted run left: its certificate set, not committed.
     let stale = support::TestCert::self_signed(&[SITE]);
     let combined = haproxy.combined_path();
@@ -393,14 +376,7 @@ fn a_transaction_left_open_for_the_same_certificate_is_taken_over() {
 
     let run = setup.run(&["renew"]);
     run.assert_code(0);
-    let sha = stored_sha256(&setup);
-    assert!(
-        run.stdout
-            .contains(&format!("  lb (haproxy): deployed; verified: serves {sha}")),
-        "{}",
-        run.stdout
-    );
-    assert_eq!(served_leaf_sha256(&haproxy.addr(), SITE).unwrap(), sha);
+    assert_lb_serves(&run.stdout, &stored_sha256(&setup), &haproxy);
     let list = haproxy.api("show ssl cert");
     assert!(!list.contains("# transaction"), "{list}");
 }
