@@ -171,13 +171,13 @@ pub fn write(t: &FileTarget, b: &Bundle) -> Result<(), DeployError> {
     Ok(())
 }
 
-/// Remove the temp files an interrupted [`write`] left beside `path`
-/// (`.certherd-tmp-<name>-<16 hex digits>`, the pattern of
-/// [`fsutil::temp_path`]; files, or the links of a `links` layout): they
-/// may hold a private key, and a crash must not leave one more copy at
-/// every attempt. Only a certherd holding the
-/// state directory's lock deploys, so no other write of `path` is under way.
-fn sweep_temps(path: &Path) {
+/// Remove the temp files an interrupted [`write`] (or `haproxy` staging)
+/// left beside `path` (`.certherd-tmp-<name>-<16 hex digits>`, the
+/// pattern of [`fsutil::temp_path`]; files, or the links of a `links`
+/// layout): they may hold a private key, and a crash must not leave one
+/// more copy at every attempt. Only a certherd holding the state
+/// directory's lock deploys, so no other write of `path` is under way.
+pub(super) fn sweep_temps(path: &Path) {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return;
     };

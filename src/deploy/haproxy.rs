@@ -452,6 +452,9 @@ async fn stage(
     let path = t.combined().to_path_buf();
     let mode = t.file.mode;
     tokio::task::spawn_blocking(move || {
+        // A deployment killed before its rename left its temp file (with
+        // the key); each would otherwise stay for good.
+        super::file::sweep_temps(&path);
         fsutil::stage(&path, pem.as_bytes(), mode, uid, gid).map_err(|source| Problem::Stage {
             path: path.clone(),
             source,
