@@ -202,6 +202,11 @@ pub fn write_script(
         "recv() { i=0; while [ \"$i\" -lt \"$1\" ]; do IFS= read -r l || return 1; \
          printf '%s\\n' \"$l\" || return 1; i=$((i+1)); done; }\n",
     );
+    // What a remote script that died (a reboot mid-deployment) left
+    // beside each path: temp files, one of them with the key.
+    for f in &files {
+        let _ = writeln!(s, "rm -f -- {} 2>/dev/null", beside_pattern(&f.path));
+    }
     if links {
         open_folder_script(&mut s, &folder, &version);
     }
@@ -293,6 +298,14 @@ fn beside(path: &std::path::Path, nonce: &str, i: usize) -> String {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     format!("{dir}/.certherd-tmp-{name}-{nonce}-{i}")
+}
+
+/// A shell pattern for every [`beside`] name of `path`, whatever its nonce
+/// (16 hex digits) and index: the quoted prefix, then the unquoted glob.
+fn beside_pattern(path: &std::path::Path) -> String {
+    let prefix = beside(path, "", 0);
+    let prefix = prefix.strip_suffix("--0").expect("beside's shape");
+    format!("{}-{}-[0-9]*", quote(prefix), "[0-9a-f]".repeat(16))
 }
 
 /// The remote half of [`super::links`]'s folder handling: refuse a folder
@@ -884,6 +897,42 @@ mod tests {
             let out = run_script(&script, &committed);
             assert!(out.status.success(), "{layout:?}: {out:?}");
             assert!(crate::deploy::file::holds(&t.files, &new), "{layout:?}");
+        }
+    }
+
+    #[test]
+    fn the_script_removes_the_temp_files_a_dead_script_left_and_only_those() {
+        for layout in [Layout::Files, Layout::Links] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut t = target();
+            t.files = FileTarget {
+                layout,
+                ..crate::deploy::file::tests::target(dir.path(), dir.path())
+            };
+            let left = [
+                ".certherd-tmp-site.key-fedcba9876543210-1",
+                ".certherd-tmp-site.pem-0123456789abcdef-0",
+            ];
+            let kept = [
+                ".certherd-tmp-site.pem.bak-0123456789abcdef-0",
+                ".certherd-tmp-other.key-0123456789abcdef-1",
+                "site.pem-0123456789abcdef-0",
+            ];
+            for name in left.iter().chain(&kept) {
+                std::fs::write(dir.path().join(name), "PRIVATE KEY").unwrap();
+            }
+            let b = crate::deploy::file::tests::bundle();
+            let (script, mut stdin) = write_script(&t, &b, "00000000000000aa").unwrap();
+            stdin.extend_from_slice(b"commit\n");
+            let out = run_script(&script, &stdin);
+            assert!(out.status.success(), "{layout:?}: {out:?}");
+            assert!(crate::deploy::file::holds(&t.files, &b), "{layout:?}");
+            for name in left {
+                assert!(!dir.path().join(name).exists(), "{layout:?}: {name} left");
+            }
+            for name in kept {
+                assert!(dir.path().join(name).exists(), "{layout:?}: {name} removed");
+            }
         }
     }
 
