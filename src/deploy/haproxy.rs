@@ -616,9 +616,29 @@ mod tests {
         assert_eq!(s.chars().count(), REPLY_LIMIT + 1);
     }
 
-    /// A stand-in runtime API: answers each connection with the next reply
-    /// and records the first line of each command.
-    async fn fake_api(replies: Vec<&'static str>) -> (tempfile::TempDir, Arc<Mutex<Vec<String>>>) {
+    /// A stand-in runtime API on a unix socket.
+    struct Fake {
+        _dir: tempfile::TempDir,
+        socket: HaproxySocket,
+        /// The first line of each command received.
+        seen: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Fake {
+        fn api(&self, timeout: Duration) -> Api<'_> {
+            Api {
+                socket: &self.socket,
+                timeout,
+            }
+        }
+
+        fn seen(&self) -> Vec<String> {
+            self.seen.lock().unwrap().clone()
+        }
+    }
+
+    /// Answers each connection with the next reply.
+    async fn fake_api(replies: Vec<&'static str>) -> Fake {
         let dir = tempfile::tempdir().unwrap();
         let listener = tokio::net::UnixListener::bind(dir.path().join("api.sock")).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -637,29 +657,29 @@ mod tests {
                 s.write_all(reply.as_bytes()).await.unwrap();
             }
         });
-        (dir, seen)
+        Fake {
+            socket: HaproxySocket::Unix(dir.path().join("api.sock")),
+            _dir: dir,
+            seen,
+        }
     }
 
     #[tokio::test]
     async fn a_set_that_lands_in_another_transaction_aborts_that_one() {
         // HAProxy 2.6 puts a `set` for another name into the ongoing transaction.
-        let (dir, seen) = fake_api(vec![
+        let fake = fake_api(vec![
             "Transaction updated for certificate /etc/other.pem!\n\n",
             "Transaction aborted for certificate '/etc/other.pem'!\n\n",
         ])
         .await;
-        let socket = HaproxySocket::Unix(dir.path().join("api.sock"));
-        let api = Api {
-            socket: &socket,
-            timeout: Duration::from_secs(5),
-        };
+        let api = fake.api(Duration::from_secs(5));
         let err = api.replace("/etc/site.pem", "PEM\n").await.unwrap_err();
         assert!(
             matches!(&err, Problem::TransactionHijacked { ongoing } if ongoing == "/etc/other.pem"),
             "{err:?}"
         );
         assert_eq!(
-            *seen.lock().unwrap(),
+            fake.seen(),
             [
                 "set ssl cert /etc/site.pem <<",
                 "abort ssl cert /etc/other.pem"
@@ -670,61 +690,49 @@ mod tests {
     #[tokio::test]
     async fn a_command_refused_as_locked_is_sent_again() {
         // Another client's certificate command held HAProxy's lock.
-        let (dir, seen) = fake_api(vec![
+        let fake = fake_api(vec![
             "Can't show!\nOperations on certificates are currently locked!\n\n",
             "Can't show!\nOperations on certificates are currently locked!\n\n",
             "Filename: /etc/site.pem\nSerial: 0A1B\n\n",
         ])
         .await;
-        let socket = HaproxySocket::Unix(dir.path().join("api.sock"));
-        let api = Api {
-            socket: &socket,
-            timeout: Duration::from_secs(5),
-        };
+        let api = fake.api(Duration::from_secs(5));
         assert_eq!(api.serial("/etc/site.pem").await.unwrap(), "0A1B");
-        assert_eq!(*seen.lock().unwrap(), ["show ssl cert /etc/site.pem"; 3]);
+        assert_eq!(fake.seen(), ["show ssl cert /etc/site.pem"; 3]);
     }
 
     #[tokio::test]
     async fn a_lock_held_past_the_timeout_is_reported_as_such() {
-        let (dir, seen) = fake_api(vec![
+        let fake = fake_api(vec![
             "Can't commit!\nOperations on certificates are currently locked!\n\n";
             64
         ])
         .await;
-        let socket = HaproxySocket::Unix(dir.path().join("api.sock"));
-        let api = Api {
-            socket: &socket,
-            timeout: Duration::from_millis(300),
-        };
+        let api = fake.api(Duration::from_millis(300));
         let err = api.commit("/etc/site.pem").await.unwrap_err();
         assert!(
             matches!(err, Problem::Locked { command: "commit ssl cert", waited }
                 if waited >= Duration::from_millis(250) && waited < Duration::from_secs(5)),
             "{err:?}"
         );
-        let tries = seen.lock().unwrap().len();
+        let tries = fake.seen().len();
         assert!(tries >= 2, "sent {tries} time(s) in 300 ms");
     }
 
     #[tokio::test]
     async fn a_failed_commit_is_aborted_and_a_key_mismatch_is_named() {
-        let (dir, seen) = fake_api(vec![
+        let fake = fake_api(vec![
             "Transaction created for certificate /etc/site.pem!\n\n",
             "inconsistencies between private key and certificate loaded '/etc/site.pem'.\n\
              Can't commit /etc/site.pem!\n\n",
             "Transaction aborted for certificate '/etc/site.pem'!\n\n",
         ])
         .await;
-        let socket = HaproxySocket::Unix(dir.path().join("api.sock"));
-        let api = Api {
-            socket: &socket,
-            timeout: Duration::from_secs(5),
-        };
+        let api = fake.api(Duration::from_secs(5));
         let err = api.replace("/etc/site.pem", "PEM\n").await.unwrap_err();
         assert!(matches!(err, Problem::KeyMismatch), "{err:?}");
         assert_eq!(
-            *seen.lock().unwrap(),
+            fake.seen(),
             [
                 "set ssl cert /etc/site.pem <<",
                 "commit ssl cert /etc/site.pem",
