@@ -841,22 +841,21 @@ fn sigkill_at_random_moments_loses_and_mismatches_no_key() {
             ));
         } else {
             let current = cert_dir(&env).unwrap().join("current");
-            let current_sha = pair_matches(&current.join("privkey.pem"), &current.join("cert.pem"))
-                .expect("the current version's key and certificate");
-            let current_der =
-                pem_ders(&fs::read_to_string(current.join("cert.pem")).unwrap()).remove(0);
-            let current_serial = cert_serial(&current_der).unwrap();
+            let current_chain =
+                pem_ders(&fs::read_to_string(current.join("fullchain.pem")).unwrap());
+            let current_serial = cert_serial(&current_chain[0]).unwrap();
             for t in env.targets() {
-                match pair_matches(&t.key, &t.fullchain) {
-                    Ok(sha) if sha == current_sha => {}
-                    Ok(_) => problems.push(format!(
+                // The whole chain, leaf first, and the key that goes with it.
+                let chain = pem_ders(&fs::read_to_string(&t.fullchain).unwrap_or_default());
+                if chain != current_chain {
+                    problems.push(format!(
                         "after the next renew, target {} ({}) does not hold the current certificate",
                         t.name,
                         t.fullchain.display()
-                    )),
-                    Err(e) => {
-                        problems.push(format!("after the next renew, target {}: {e}", t.name))
-                    }
+                    ));
+                }
+                if let Err(e) = pair_matches(&t.key, &t.fullchain) {
+                    problems.push(format!("after the next renew, target {}: {e}", t.name));
                 }
                 let links = layout() == "links";
                 for p in [&t.key, &t.fullchain].into_iter().filter(|_| t.laid_out) {
