@@ -135,6 +135,33 @@ async fn two_pebbles_run_side_by_side() {
     assert_ne!(first.issuing_root_pem(), second.issuing_root_pem());
 }
 
+/// Ports handed to services lie outside the kernel's ephemeral range (when
+/// it leaves room), where no outgoing connection can take one before the
+/// service binds it; they are distinct and free for TCP and UDP.
+#[test]
+fn free_ports_lie_outside_the_ephemeral_range_and_differ() {
+    let range = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let bounds: Vec<u16> = range
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let (lo, hi) = (bounds[0], bounds[1]);
+    let room = lo >= 14_000 || hi <= 61_535;
+    let ports = free_ports(50);
+    let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+    assert_eq!(distinct.len(), 50, "{ports:?}");
+    for p in &ports {
+        if room {
+            assert!(
+                !(lo..=hi).contains(p),
+                "port {p} is in the ephemeral range {lo}-{hi}"
+            );
+        }
+        std::net::TcpListener::bind(("127.0.0.1", *p)).unwrap();
+        std::net::UdpSocket::bind(("127.0.0.1", *p)).unwrap();
+    }
+}
+
 #[test]
 fn pebble_http_port_is_the_one_asked_for_and_stop_makes_it_unreachable() {
     let http_port = free_port();

@@ -61,9 +61,34 @@ pub use tls::{
 ///
 /// Nothing holds it after this returns: a service started on it a moment later
 /// can still lose a race, which is why [`Pebble`] and [`Nginx`] watch for
-/// "address already in use" and retry on other ports.
+/// "address already in use" and retry on other ports. Ports come from
+/// outside the kernel's ephemeral range when there is room (see
+/// [`service_ports`]), so no outgoing connection takes one meanwhile.
 pub fn free_port() -> u16 {
     free_ports(1)[0]
+}
+
+/// Where test services listen: below the kernel's ephemeral port range
+/// (from 10000), or above it. A port from that range, free when chosen, can
+/// become the local port of any outgoing connection on the machine a moment
+/// later (another test's, or certherd's own); a port Pebble was told to
+/// validate http-01 on, and that certherd binds only seconds later, failed
+/// that way ("address already in use"). `None` when the range leaves no
+/// room: then the kernel picks.
+fn service_ports() -> Option<std::ops::RangeInclusive<u16>> {
+    const FLOOR: u32 = 10_000;
+    const ROOM: u32 = 4_000;
+    let text = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut bounds = text.split_whitespace().map(|v| v.parse::<u32>().ok());
+    let (lo, hi) = (bounds.next()??, bounds.next()??);
+    let range = if lo >= FLOOR + ROOM {
+        FLOOR..=lo - 1
+    } else if hi + ROOM <= 65_535 {
+        hi + 1..=65_535
+    } else {
+        return None;
+    };
+    Some(*range.start() as u16..=*range.end() as u16)
 }
 
 /// `n` distinct loopback ports, each free for both TCP and UDP right now.
@@ -71,6 +96,8 @@ pub fn free_port() -> u16 {
 /// All of them are held until every one is chosen, so they differ from each
 /// other; see [`free_port`] for what is not guaranteed.
 pub fn free_ports(n: usize) -> Vec<u16> {
+    use rand::Rng;
+    let range = service_ports();
     let mut held = Vec::new();
     let mut ports = Vec::with_capacity(n);
     let mut attempts = 0;
@@ -81,7 +108,15 @@ pub fn free_ports(n: usize) -> Vec<u16> {
             "free_ports: found only {} of {n} loopback ports free for both TCP and UDP",
             ports.len()
         );
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 (TCP)");
+        let tcp = match &range {
+            Some(r) => {
+                match TcpListener::bind(("127.0.0.1", rand::rng().random_range(r.clone()))) {
+                    Ok(l) => l,
+                    Err(_) => continue,
+                }
+            }
+            None => TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 (TCP)"),
+        };
         let port = tcp.local_addr().expect("local_addr").port();
         // pebble-challtestsrv's DNS listens on UDP and TCP on the same port.
         let udp = UdpSocket::bind(("127.0.0.1", port)).ok();
