@@ -162,6 +162,54 @@ fn free_ports_lie_outside_the_ephemeral_range_and_differ() {
     }
 }
 
+/// A port another test process has reserved is not handed out until that
+/// process is gone (tests run as parallel processes; a chosen port often
+/// stays unbound for seconds).
+#[test]
+fn a_port_reserved_by_another_process_is_not_taken_until_it_exits() {
+    // A port no test process is given where the ephemeral range leaves
+    // room for service ports (see free_ports_lie_outside_…), so no other
+    // test holds it; another process reserves it, as a test process would.
+    let other_port = 60_000 + (std::process::id() % 1_000) as u16;
+    let lock = Path::new(support::PORT_RESERVATIONS).join(other_port.to_string());
+    let scratch = support::ScratchDir::new("certherd-flock-");
+    // `exec sleep`: the process killed below is the one holding the lock.
+    // It waits for the lock (the probe below holds it for a moment).
+    let mut holder = support::process::ChildGuard::spawn(
+        "lock holder",
+        Command::new("sh")
+            .arg("-c")
+            .arg("exec 9>\"$1\" && flock 9 && exec sleep 60")
+            .arg("sh")
+            .arg(&lock),
+        &scratch.path().join("holder.log"),
+    );
+    support::process::poll_until("flock holds the lock", Duration::from_secs(10), || {
+        // A second non-blocking lock fails while it is held.
+        let probe = Command::new("flock")
+            .arg("-n")
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .unwrap();
+        if probe.success() {
+            Err(format!("not held yet (holder: {:?})", holder.exit_status()))
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap();
+    assert!(
+        !support::reserve(other_port),
+        "port {other_port} was reserved by the flock process"
+    );
+    holder.kill();
+    assert!(
+        support::reserve(other_port),
+        "port {other_port} is free again once its holder is gone"
+    );
+}
+
 #[test]
 fn pebble_http_port_is_the_one_asked_for_and_stop_makes_it_unreachable() {
     let http_port = free_port();

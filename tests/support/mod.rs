@@ -59,11 +59,12 @@ pub use tls::{
 
 /// A loopback port that is free for both TCP and UDP right now.
 ///
-/// Nothing holds it after this returns: a service started on it a moment later
-/// can still lose a race, which is why [`Pebble`] and [`Nginx`] watch for
-/// "address already in use" and retry on other ports. Ports come from
-/// outside the kernel's ephemeral range when there is room (see
-/// [`service_ports`]), so no outgoing connection takes one meanwhile.
+/// No socket holds it after this returns, but no other test process takes
+/// it ([`reserve`]), and it lies outside the kernel's ephemeral range when
+/// there is room ([`service_ports`]), so no outgoing connection takes it
+/// either. Anything else on the machine still could, which is why
+/// [`Pebble`] and [`Nginx`] watch for "address already in use" and retry
+/// on other ports.
 pub fn free_port() -> u16 {
     free_ports(1)[0]
 }
@@ -71,10 +72,9 @@ pub fn free_port() -> u16 {
 /// Where test services listen: below the kernel's ephemeral port range
 /// (from 10000), or above it. A port from that range, free when chosen, can
 /// become the local port of any outgoing connection on the machine a moment
-/// later (another test's, or certherd's own); a port Pebble was told to
-/// validate http-01 on, and that certherd binds only seconds later, failed
-/// that way ("address already in use"). `None` when the range leaves no
-/// room: then the kernel picks.
+/// later (another test's, or certherd's own), while a port such as the one
+/// Pebble validates http-01 on stays unbound for seconds. `None` when the
+/// range leaves no room: then the kernel picks.
 fn service_ports() -> Option<std::ops::RangeInclusive<u16>> {
     const FLOOR: u32 = 10_000;
     const ROOM: u32 = 4_000;
@@ -91,7 +91,42 @@ fn service_ports() -> Option<std::ops::RangeInclusive<u16>> {
     Some(*range.start() as u16..=*range.end() as u16)
 }
 
-/// `n` distinct loopback ports, each free for both TCP and UDP right now.
+/// Where test processes reserve ports (see [`reserve`]).
+pub const PORT_RESERVATIONS: &str = "/tmp/certherd-test-ports";
+
+/// Reserve `port` for this test process until it exits: a lock on
+/// `PORT_RESERVATIONS/<port>` that every test process tries before taking
+/// a port. Tests run in parallel processes, and a port chosen free is
+/// often left unbound for seconds (the port Pebble validates http-01 on is
+/// bound only while certherd renews): another test once took that port
+/// for its own service meanwhile, and certherd then failed with "address
+/// already in use". The kernel drops the lock with the process. `false`
+/// when another live process holds it.
+pub fn reserve(port: u16) -> bool {
+    use std::os::fd::AsRawFd;
+    use std::sync::Mutex;
+    static HELD: Mutex<Vec<fs::File>> = Mutex::new(Vec::new());
+    let dir = Path::new(PORT_RESERVATIONS);
+    if let Err(e) = fs::create_dir_all(dir) {
+        panic!("create {}: {e}", dir.display());
+    }
+    let path = dir.join(port.to_string());
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    // SAFETY: flock(2) on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return false;
+    }
+    HELD.lock().unwrap().push(file);
+    true
+}
+
+/// `n` distinct loopback ports, each free for both TCP and UDP right now,
+/// and reserved against every other test process.
 ///
 /// All of them are held until every one is chosen, so they differ from each
 /// other; see [`free_port`] for what is not guaranteed.
@@ -120,7 +155,7 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         let port = tcp.local_addr().expect("local_addr").port();
         // pebble-challtestsrv's DNS listens on UDP and TCP on the same port.
         let udp = UdpSocket::bind(("127.0.0.1", port)).ok();
-        if udp.is_some() {
+        if udp.is_some() && reserve(port) {
             ports.push(port);
         }
         // Held either way, so the kernel does not hand the same port out again.
