@@ -865,15 +865,22 @@ mod tests {
         child.wait_with_output().unwrap()
     }
 
+    /// An ssh target whose files are in `dir` (the script runs locally).
+    fn target_in(dir: &std::path::Path, layout: Layout) -> SshTarget {
+        SshTarget {
+            files: FileTarget {
+                layout,
+                ..crate::deploy::file::tests::target(dir, dir)
+            },
+            ..target()
+        }
+    }
+
     #[test]
     fn without_certherds_commit_the_script_changes_nothing_and_with_it_switches() {
         for layout in [Layout::Files, Layout::Links] {
             let dir = tempfile::tempdir().unwrap();
-            let mut t = target();
-            t.files = FileTarget {
-                layout,
-                ..crate::deploy::file::tests::target(dir.path(), dir.path())
-            };
+            let t = target_in(dir.path(), layout);
             let old = crate::deploy::file::tests::bundle();
             crate::deploy::file::write(&t.files, &old).unwrap();
             let before = tree(dir.path());
@@ -904,11 +911,7 @@ mod tests {
     fn the_script_removes_the_temp_files_a_dead_script_left_and_only_those() {
         for layout in [Layout::Files, Layout::Links] {
             let dir = tempfile::tempdir().unwrap();
-            let mut t = target();
-            t.files = FileTarget {
-                layout,
-                ..crate::deploy::file::tests::target(dir.path(), dir.path())
-            };
+            let t = target_in(dir.path(), layout);
             let left = [
                 ".certherd-tmp-site.key-fedcba9876543210-1",
                 ".certherd-tmp-site.pem-0123456789abcdef-0",
