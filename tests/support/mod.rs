@@ -107,16 +107,26 @@ pub fn reserve(port: u16) -> bool {
     use std::sync::Mutex;
     static HELD: Mutex<Vec<fs::File>> = Mutex::new(Vec::new());
     let dir = Path::new(PORT_RESERVATIONS);
-    if let Err(e) = fs::create_dir_all(dir) {
-        panic!("create {}: {e}", dir.display());
+    if !dir.is_dir() {
+        if let Err(e) = fs::create_dir_all(dir) {
+            panic!("create {}: {e}", dir.display());
+        }
+        // Shared like /tmp, for test runs under other users. (Only its
+        // owner can change the mode: errors are ignored.)
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o1777));
     }
     let path = dir.join(port.to_string());
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    // A lock needs only a read-only descriptor, so another user's file serves.
+    let file = match fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("create {}: {e}", path.display())),
+        Err(e) => panic!("open {}: {e}", path.display()),
+    };
     // SAFETY: flock(2) on a descriptor this function owns.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return false;
