@@ -7,7 +7,9 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::run::{config, key_material, mode, status_json, stored_sha256, Setup, SITE};
+use support::run::{
+    config, key_material, mode, status_json, stored_sha256, web_deployed_line, Setup, SITE,
+};
 use support::{free_port, sha256_tree, Nginx, Pebble, PebbleOptions};
 
 #[test]
@@ -53,10 +55,7 @@ fn renew_issues_deploys_reloads_and_proves_it() {
         first.stdout
     );
     assert!(
-        first.stdout.contains(&format!(
-            "  web (file): deployed; reload `{}` exited 0; verified: serves {sha}",
-            nginx.reload_argv().join(" ")
-        )),
+        first.stdout.contains(&web_deployed_line(&nginx, &sha)),
         "{}",
         first.stdout
     );
@@ -346,10 +345,7 @@ fn one_unwritable_target_fails_alone() {
         run.stdout
     );
     assert!(
-        run.stdout.contains(&format!(
-            "  web (file): deployed; reload `{}` exited 0; verified: serves {sha}",
-            nginx.reload_argv().join(" ")
-        )),
+        run.stdout.contains(&web_deployed_line(&nginx, &sha)),
         "{}",
         run.stdout
     );
@@ -526,10 +522,7 @@ fn layout_links_serves_through_links_and_switches_back_to_files() {
     run.assert_code(0);
     let sha = stored_sha256(&setup);
     assert!(
-        run.stdout.contains(&format!(
-            "  web (file): deployed; reload `{}` exited 0; verified: serves {sha}",
-            nginx.reload_argv().join(" ")
-        )),
+        run.stdout.contains(&web_deployed_line(&nginx, &sha)),
         "{}",
         run.stdout
     );

@@ -103,6 +103,15 @@ pub fn config(pebble: &Pebble, nginx: &Nginx, setup: &Setup, extra_targets: &str
     site_config(pebble, setup, &[SITE, &www], &web)
 }
 
+/// The report line of [`config`]'s `web` target deployed, reloaded and
+/// verified serving the certificate `sha`.
+pub fn web_deployed_line(nginx: &Nginx, sha: &str) -> String {
+    format!(
+        "  web (file): deployed; reload `{}` exited 0; verified: serves {sha}",
+        nginx.reload_argv().join(" ")
+    )
+}
+
 /// A configuration with one certificate, `site`, for `domains`, issued by
 /// `pebble` through the built-in http-01 responder, whose `targets:` list
 /// is `targets` (YAML list items indented by six spaces; anything after
