@@ -416,6 +416,24 @@ mod tests {
         c.send(req).await.map(|r| r.parts.status.as_u16())
     }
 
+    /// A first request in the background; once its answer has set the
+    /// client's hold, a second one. Their statuses, and how long after the
+    /// first started the second got its answer.
+    async fn a_second_request_during_the_hold(c: &AcmeHttp, url: &str) -> (u16, u16, Duration) {
+        let start = std::time::Instant::now();
+        let first = tokio::spawn({
+            let (c, url) = (c.clone(), url.to_string());
+            async move { get(&c, &url).await.unwrap() }
+        });
+        while c.hold.lock().unwrap().is_none() {
+            assert!(start.elapsed() < Duration::from_secs(5), "no hold was set");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let second = get(c, url).await.unwrap();
+        let waited = start.elapsed();
+        (first.await.unwrap(), second, waited)
+    }
+
     #[tokio::test]
     async fn server_errors_are_retried_until_success() {
         let (url, count) = server(vec![(503, Some("0")), (500, None), (200, None)]).await;
@@ -453,22 +471,14 @@ mod tests {
     #[tokio::test]
     async fn a_retry_after_holds_every_request_of_the_client() {
         let (url, count) = server(vec![(503, Some("1")), (200, None)]).await;
-        let c = client();
-        let start = std::time::Instant::now();
-        let first = tokio::spawn({
-            let (c, url) = (c.clone(), url.clone());
-            async move { get(&c, &url).await.unwrap() }
-        });
         // A second request while the first waits out the CA's Retry-After.
-        while c.hold.lock().unwrap().is_none() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(get(&c, &url).await.unwrap(), 200);
+        let (first, second, waited) = a_second_request_during_the_hold(&client(), &url).await;
+        assert_eq!(second, 200);
         assert!(
-            start.elapsed() >= Duration::from_secs(1),
+            waited >= Duration::from_secs(1),
             "the second request went out during the pause"
         );
-        assert_eq!(first.await.unwrap(), 200);
+        assert_eq!(first, 200);
         assert_eq!(count.load(Ordering::SeqCst), 3);
     }
 
@@ -481,21 +491,13 @@ mod tests {
             max_wait: Duration::from_secs(2),
         };
         let c = AcmeHttp::new(&[] as &[&Path], policy).unwrap();
-        let start = std::time::Instant::now();
-        let first = tokio::spawn({
-            let (c, url) = (c.clone(), url.clone());
-            async move { get(&c, &url).await.unwrap() }
-        });
-        while c.hold.lock().unwrap().is_none() {
-            assert!(start.elapsed() < Duration::from_secs(5), "no hold was set");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(get(&c, &url).await.unwrap(), 200);
+        let (first, second, waited) = a_second_request_during_the_hold(&c, &url).await;
+        assert_eq!(second, 200);
         assert!(
-            start.elapsed() >= Duration::from_millis(500),
+            waited >= Duration::from_millis(500),
             "the second request went out during the first one's backoff"
         );
-        assert_eq!(first.await.unwrap(), 200);
+        assert_eq!(first, 200);
         assert_eq!(count.load(Ordering::SeqCst), 3);
     }
 
